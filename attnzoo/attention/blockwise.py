@@ -29,7 +29,7 @@ def _block_scores(qs, kb, valid_b, start, causal):
   mask = valid_b[:, None, None, None, :] > 0
   if causal:
     kpos = start + jnp.arange(kb.shape[1])
-    mask = mask & (kpos[None, :] <= jnp.arange(qs.shape[3])[:, None])
+    mask = mask & (kpos[None, :] <= jnp.arange(qs.shape[3])[:, None])[None, None, None]
   return jnp.where(mask, s, base.NEG_INF), mask
 
 

@@ -1,0 +1,128 @@
+"""Toy tasks, seeded and generated on the fly with NumPy (deterministic in (seed, step)).
+
+Every task returns a dict of arrays, next-token form:
+  inputs [B, T] int32, targets [B, T] int32, weights [B, T] float32 (the training loss mask),
+  and named metric masks `mask_<name>` [B, T] (e.g. `mask_repeat`), optionally `source` [B, S]
+  for encoder-decoder form and `key_mask` [B, T] for the bidirectional (masked-token) form.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BOS = 0
+
+
+def _check(cond, field, value, why):
+  if not cond:
+    raise ValueError(f'{field}={value!r}: {why}')
+
+
+def _rng(seed: int, step: int, split: str) -> np.random.Generator:
+  return np.random.default_rng([seed, step, {'train': 0, 'eval': 1}[split]])
+
+
+def _next_token(seqs, weights, **masks):
+  """seqs [B, T+1] -> inputs/targets [B, T]; weights/masks index the *target* position."""
+  full = lambda m: np.broadcast_to(m, seqs.shape)[:, 1:].astype(np.float32)
+  out = {'inputs': seqs[:, :-1].astype(np.int32), 'targets': seqs[:, 1:].astype(np.int32),
+         'weights': full(weights)}
+  out.update({f'mask_{k}': full(m) for k, m in masks.items()})
+  return out
+
+
+def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=24, **_):
+  """[BOS] + a segment of distinct random tokens repeated to length T; the period varies per
+  sequence (with a fixed period a 1-layer model solves the task through positions alone).
+
+  mask_first: predicting the first period (unpredictable); mask_repeat: the repeated part.
+  """
+  _check(2 <= min_period <= max_period, 'task.min_period', min_period,
+         f'need 2 <= min_period <= max_period={max_period}')
+  _check(max_period < vocab_size, 'task.max_period', max_period,
+         f'a period of distinct tokens needs vocab_size={vocab_size} > max_period')
+  _check(2 * max_period <= seq_len, 'task.max_period', max_period,
+         f'must repeat at least once within seq_len={seq_len}')
+  B, T = batch_size, seq_len
+  periods = rng.integers(min_period, max_period + 1, size=B)
+  segs = np.argsort(rng.random((B, vocab_size - 1)), axis=1)[:, :max_period] + 1  # distinct
+  pos = np.arange(T)  # position in the repeated body (after BOS)
+  body = np.take_along_axis(segs, pos[None] % periods[:, None], axis=1)
+  seqs = np.concatenate([np.full((B, 1), BOS), body], axis=1)  # [B, T + 1]
+  idx = np.arange(T + 1)[None]
+  first = (idx >= 1) & (idx <= periods[:, None])
+  repeat = idx > periods[:, None]
+  return _next_token(seqs, idx >= 1, first=first, repeat=repeat) | {'periods': periods}
+
+
+def copy(rng, *, batch_size, seq_len, vocab_size, encoder_decoder=False, **_):
+  """Decoder-only: [BOS] x [SEP] x, loss on the copy. Encoder-decoder: source x, target x."""
+  SEP, lo = 1, 2
+  _check(vocab_size > lo, 'task.vocab_size', vocab_size, 'copy needs vocab_size > 2')
+  B = batch_size
+  if encoder_decoder:
+    x = rng.integers(lo, vocab_size, size=(B, seq_len))
+    seqs = np.concatenate([np.full((B, 1), BOS), x], axis=1)
+    out = _next_token(seqs, np.ones_like(seqs, bool), answer=np.ones_like(seqs, bool))
+    return out | {'source': x.astype(np.int32)}
+  n = (seq_len - 1) // 2  # T + 1 = 1 + n + 1 + n (+ 1 pad when T is even)
+  x = rng.integers(lo, vocab_size, size=(B, n))
+  seqs = np.concatenate([np.full((B, 1), BOS), x, np.full((B, 1), SEP), x], axis=1)
+  seqs = np.pad(seqs, [(0, 0), (0, seq_len + 1 - seqs.shape[1])])
+  idx = np.arange(seq_len + 1)[None].repeat(B, 0)
+  answer = (idx >= n + 2) & (idx < 2 * n + 2)
+  return _next_token(seqs, answer, answer=answer)
+
+
+def mqar(rng, *, batch_size, seq_len, vocab_size, num_pairs=8, **_):
+  """Multi-query associative recall (Arora et al. 2023): k1 v1 ... kn vn, then queries
+  q1 a1 q2 a2 ... of earlier keys; loss and accuracy on the answers a_i only."""
+  half = vocab_size // 2
+  _check(num_pairs <= half - 1, 'task.num_pairs', num_pairs,
+         f'needs distinct keys: at most vocab_size // 2 - 1 = {half - 1}')
+  _check(4 * num_pairs <= seq_len + 1, 'task.num_pairs', num_pairs,
+         f'2 * num_pairs pairs and as many query tokens must fit in seq_len={seq_len}')
+  B, n = batch_size, num_pairs
+  keys = np.argsort(rng.random((B, half - 1)), axis=1)[:, :n] + 1  # distinct, in [1, half)
+  vals = rng.integers(half, vocab_size, size=(B, n))
+  order = np.argsort(rng.random((B, n)), axis=1)  # queries: each key once, shuffled
+  queries = np.take_along_axis(keys, order, 1)
+  answers = np.take_along_axis(vals, order, 1)
+  kv = np.stack([keys, vals], 2).reshape(B, 2 * n)
+  qa = np.stack([queries, answers], 2).reshape(B, 2 * n)
+  seqs = np.concatenate([kv, qa], 1)
+  seqs = np.pad(seqs, [(0, 0), (0, seq_len + 1 - seqs.shape[1])])
+  idx = np.arange(seq_len + 1)[None].repeat(B, 0)
+  answer = (idx >= 2 * n) & (idx < 4 * n) & ((idx - 2 * n) % 2 == 1)
+  return _next_token(seqs, answer, answer=answer)
+
+
+TASKS = {'induction': induction, 'copy': copy, 'mqar': mqar}
+
+
+def masked_token(batch, rng, *, mask_id: int, rate: float = 0.15):
+  """Bidirectional form of a task (for non-causal variants): the model sees the whole sequence
+  with some tokens replaced by `mask_id` and predicts them in place. Answer tokens (copy, mqar)
+  are all hidden; tasks without answers (induction) hide a random `rate` of the trained tokens.
+  """
+  seqs = batch['targets']
+  hide = batch['weights'] > 0
+  if 'mask_answer' not in batch:
+    hide &= rng.random(hide.shape) < rate
+  out = {k: (np.where(hide, v, 0).astype(v.dtype) if k.startswith('mask_') else v)
+         for k, v in batch.items()}
+  out['inputs'] = np.where(hide, mask_id, seqs).astype(np.int32)
+  out['weights'] = hide.astype(np.float32)
+  return out
+
+
+def make_batch(task_cfg, *, seed: int, step: int, batch_size: int, split: str = 'train',
+               causal: bool = True, vocab_size: int):
+  """The batch for (seed, step, split) of task `task_cfg.name`."""
+  name = task_cfg.name
+  _check(name in TASKS, 'task.name', name, f'known tasks: {", ".join(sorted(TASKS))}')
+  rng = _rng(seed, step, split)
+  kwargs = {k: v for k, v in task_cfg.items() if k not in ('name', 'vocab_size')}
+  batch = TASKS[name](rng, batch_size=batch_size, vocab_size=vocab_size, **kwargs)
+  if not causal:
+    batch = masked_token(batch, rng, mask_id=vocab_size)
+  return batch
