@@ -17,7 +17,7 @@ def rope(x, positions, base: float = 10000.0):
   D = x.shape[-1]
   freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2]
   angles = positions[:, None].astype(jnp.float32) * freqs  # [T, D/2]
-  sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]
+  sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]  # [1, T, 1, D/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
@@ -87,7 +87,7 @@ class MultiHeadAttention(nnx.Module):
       k = a * k + (1 - a) * prev
     out = self.core(q, k, v, causal=causal, key_mask=key_mask)  # [B, T, H, D]
     if head_mask is not None:
-      out = out * head_mask[None, None, :, None].astype(out.dtype)
+      out = out * head_mask[None, None, :, None].astype(out.dtype)  # [1, 1, H, 1]
     y = self.o_proj(out.reshape(B, T, H * D))
     if not return_attention:
       return y

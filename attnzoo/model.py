@@ -32,15 +32,13 @@ class Block(nnx.Module):
         d, cfg.num_heads, num_kv_heads=cfg.num_kv_heads, attention_name=cfg.attention.name,
         options=dict(cfg.attention.get(cfg.attention.name, {})), use_rope=cfg.positions == 'rope',
         smear_keys=cfg.get('smear_keys', False), core=core, rngs=rngs)
-    self.cross = None
-    if cfg.get('cross_attention', False):
-      self.norm_c = nnx.LayerNorm(d, rngs=rngs)
-      self.cross = MultiHeadAttention(d, cfg.num_heads, attention_name='cross', rngs=rngs)
-    self.mlp = None
-    if cfg.mlp:
-      self.norm2 = nnx.LayerNorm(d, rngs=rngs)
-      self.mlp = nnx.Sequential(nnx.Linear(d, 4 * d, rngs=rngs), nnx.gelu,
-                                nnx.Linear(4 * d, d, rngs=rngs))
+    cross = cfg.get('cross_attention', False)
+    self.norm_c = nnx.LayerNorm(d, rngs=rngs) if cross else None
+    self.cross = (MultiHeadAttention(d, cfg.num_heads, attention_name='cross', rngs=rngs)
+                  if cross else None)
+    self.norm2 = nnx.LayerNorm(d, rngs=rngs) if cfg.mlp else None
+    self.mlp = (nnx.Sequential(nnx.Linear(d, 4 * d, rngs=rngs), nnx.gelu,
+                               nnx.Linear(4 * d, d, rngs=rngs)) if cfg.mlp else None)
 
   def __call__(self, x, *, causal, key_mask, memory, memory_mask, return_attention, head_mask):
     h = self.attn(self.norm1(x), causal=causal, key_mask=key_mask,
@@ -90,9 +88,9 @@ class Decoder(nnx.Module):
                          f'longer than model.max_len={self.max_len}')
     x = self.embed(tokens)
     if self.positions == 'learned':
-      x = x + self.pos[:T]
+      x = x + self.pos[None, :T]
     elif self.positions == 'sinusoidal':
-      x = x + sinusoidal(T, self.d_model)
+      x = x + sinusoidal(T, self.d_model)[None]
     return x
 
   def __call__(self, tokens, *, key_mask=None, source=None, source_mask=None,
@@ -105,8 +103,9 @@ class Decoder(nnx.Module):
     memory = None
     if source is not None:
       memory = self.embed(source)
-      memory = memory + (self.pos[:source.shape[1]] if self.positions == 'learned'
-                         else sinusoidal(source.shape[1], self.d_model))
+      S = source.shape[1]
+      memory = memory + (self.pos[None, :S] if self.positions == 'learned'
+                         else sinusoidal(S, self.d_model)[None])
     attns = []
     for i, block in enumerate(self.blocks):
       x, A = block(x, causal=self.causal, key_mask=key_mask, memory=memory,

@@ -44,8 +44,9 @@ def build(config):
   model = Decoder(model_config(config), rngs=nnx.Rngs(params=config.seed,
                                                       attention=config.seed + 1))
   t = config.train
+  warmup = min(t.warmup_steps, t.num_steps - 1)
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, t.learning_rate, min(t.warmup_steps, t.num_steps), t.num_steps,
+      0.0, t.learning_rate, warmup, max(t.num_steps, warmup + 1),
       end_value=t.learning_rate * t.get('final_lr_fraction', 0.1))
   tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
                    optax.adamw(schedule, weight_decay=t.weight_decay))
@@ -87,7 +88,7 @@ def make_steps(graphdef):
       m = metrics_of(model, batch)
       return m['loss'], m
     grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), metrics
 

@@ -1,0 +1,63 @@
+import ml_collections
+import numpy as np
+import pytest
+
+from attnzoo import tasks
+
+
+def _batch(**cfg):
+  cfg = ml_collections.ConfigDict(cfg)
+  return tasks.make_batch(cfg, seed=1, step=3, batch_size=64, vocab_size=cfg.vocab_size)
+
+
+def test_induction_period_varies_tokens_distinct_and_masks_split_the_sequence():
+  b = _batch(name='induction', seq_len=64, vocab_size=64, min_period=8, max_period=24)
+  periods = b['periods']
+  assert len(set(periods.tolist())) > 5 and periods.min() >= 8 and periods.max() <= 24
+  for row, p in zip(b['inputs'], periods):
+    assert row[0] == tasks.BOS
+    seg = row[1:p + 1]
+    assert len(set(seg.tolist())) == p  # distinct within a period
+    np.testing.assert_array_equal(row[1 + p:], row[1:64 - p])  # then it repeats
+  np.testing.assert_array_equal(b['mask_first'] + b['mask_repeat'], 1.0)
+  np.testing.assert_array_equal(b['targets'][:, :-1], b['inputs'][:, 1:])
+  # the repeated part is predictable from context: target == token one period back
+  rows, cols = np.nonzero(b['mask_repeat'])
+  np.testing.assert_array_equal(b['targets'][rows, cols], b['inputs'][rows, cols + 1 - periods[rows]])
+
+
+def test_batches_are_deterministic_in_seed_and_step():
+  cfg = dict(name='mqar', seq_len=64, vocab_size=64, num_pairs=8)
+  a, b = _batch(**cfg), _batch(**cfg)
+  np.testing.assert_array_equal(a['inputs'], b['inputs'])
+  c = tasks.make_batch(ml_collections.ConfigDict(cfg), seed=1, step=4, batch_size=64,
+                       vocab_size=64)
+  assert not np.array_equal(a['inputs'], c['inputs'])
+
+
+def test_mqar_answers_are_the_values_paired_with_the_queried_keys():
+  b = _batch(name='mqar', seq_len=64, vocab_size=64, num_pairs=8)
+  for inp, tgt, w in zip(b['inputs'], b['targets'], b['weights']):
+    pairs = dict(zip(inp[0:16:2], inp[1:16:2]))
+    assert w.sum() == 8
+    for t in np.nonzero(w)[0]:
+      assert tgt[t] == pairs[inp[t]]
+
+
+@pytest.mark.parametrize('encoder_decoder', [False, True])
+def test_copy_targets_copy_the_source(encoder_decoder):
+  b = _batch(name='copy', seq_len=21, vocab_size=16, encoder_decoder=encoder_decoder)
+  if encoder_decoder:
+    np.testing.assert_array_equal(b['targets'], b['source'])
+  else:
+    n = 10
+    for inp, tgt, w in zip(b['inputs'], b['targets'], b['weights']):
+      np.testing.assert_array_equal(tgt[w > 0], inp[1:n + 1])
+
+
+def test_masked_token_form_hides_exactly_the_trained_tokens():
+  cfg = ml_collections.ConfigDict(dict(name='mqar', seq_len=64, vocab_size=64, num_pairs=8))
+  b = tasks.make_batch(cfg, seed=0, step=0, batch_size=8, vocab_size=64, causal=False)
+  hidden = b['inputs'] == 64
+  np.testing.assert_array_equal(hidden, b['weights'] > 0)
+  np.testing.assert_array_equal(b['inputs'][~hidden], b['targets'][~hidden])
