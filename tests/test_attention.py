@@ -37,12 +37,12 @@ def test_exact_variant_matches_softmax_reference(name, case):
   if masked:
     key_mask = jax.random.bernoulli(jax.random.key(2), 0.6, (B, S)).at[:, 0].set(True)
   module = make(name)
-  f = lambda q, k, v: module(q, k, v, causal=causal, key_mask=key_mask)
-  r = lambda q, k, v: reference(q, k, v, causal, key_mask)
+  f = jax.jit(lambda q, k, v: module(q, k, v, causal=causal, key_mask=key_mask))
+  r = jax.jit(lambda q, k, v: reference(q, k, v, causal, key_mask))
   np.testing.assert_allclose(f(q, k, v), r(q, k, v), atol=2e-5, rtol=2e-5)
   w = jax.random.normal(jax.random.key(3), (B, T, H, D))  # a generic cotangent
-  grads = jax.grad(lambda *a: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-  ref_grads = jax.grad(lambda *a: (r(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.jit(jax.grad(lambda *a: (f(*a) * w).sum(), argnums=(0, 1, 2)))(q, k, v)
+  ref_grads = jax.jit(jax.grad(lambda *a: (r(*a) * w).sum(), argnums=(0, 1, 2)))(q, k, v)
   for g, rg, what in zip(grads, ref_grads, 'qkv'):
     np.testing.assert_allclose(g, rg, atol=5e-5, rtol=5e-5, err_msg=f'd{what}')
 
@@ -51,12 +51,13 @@ def test_exact_variant_matches_softmax_reference(name, case):
 def test_causal_variants_do_not_leak_the_future(name):
   q, k, v = qkv(4, T=24)
   module = make(name)
-  out = module(q, k, v, causal=True)
+  f = jax.jit(lambda q, k, v: module(q, k, v, causal=True))
+  out = f(q, k, v)
   for t in (0, 7, 16):
     q2, k2, v2 = qkv(5, T=24)  # fresh values for every position > t
     later = jnp.arange(24)[None, :, None, None] > t
     q2, k2, v2 = (jnp.where(later, b, a) for a, b in zip((q, k, v), (q2, k2, v2)))
-    out2 = module(q2, k2, v2, causal=True)
+    out2 = f(q2, k2, v2)
     np.testing.assert_allclose(out2[:, :t + 1], out[:, :t + 1], atol=1e-5, rtol=1e-5,
                                err_msg=f'positions <= {t} changed when only the future changed')
     assert not np.allclose(out2[:, t + 1:], out[:, t + 1:])  # the test can fail
@@ -68,11 +69,12 @@ def test_fully_masked_rows_give_zeros_not_nan(name):
   key_mask = jnp.ones((2, 16), bool).at[1].set(False)  # batch row 1 has no key at all
   module = make(name)
   causal = module.default_causal
-  f = lambda q, k, v: module(q, k, v, causal=causal, key_mask=key_mask)
+  f = jax.jit(lambda q, k, v: module(q, k, v, causal=causal, key_mask=key_mask))
   out = f(q, k, v)
   np.testing.assert_array_equal(out[1], 0.0)
   assert np.isfinite(out).all() and np.abs(out[0]).sum() > 0
-  grads = jax.grad(lambda *a: (f(*a) ** 2).sum() + f(*a).sum(), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.jit(jax.grad(lambda *a: (f(*a) ** 2).sum() + f(*a).sum(), argnums=(0, 1, 2)))(
+      q, k, v)
   for g in grads:
     assert np.isfinite(g).all()
     np.testing.assert_array_equal(g[1], 0.0)

@@ -196,13 +196,17 @@ def mask_bias(T: int, S: int, *, causal: bool, key_mask=None, window: int | None
   return mask
 
 
-def masked_softmax(scores, mask):
-  """Softmax over the last axis in float32; rows with no allowed key become all zeros."""
+def masked_softmax(scores, mask, *, may_empty_rows: bool = True):
+  """Softmax over the last axis in float32; rows with no allowed key become all zeros.
+
+  `may_empty_rows=False` (e.g. causal without key mask: key 0 is always visible) skips the
+  extra pass that zeroes empty rows.
+  """
   scores = scores.astype(jnp.float32)
   if mask is None:
     return jax.nn.softmax(scores, axis=-1)
   probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
-  return jnp.where(mask.any(-1, keepdims=True), probs, 0.0)
+  return jnp.where(mask.any(-1, keepdims=True), probs, 0.0) if may_empty_rows else probs
 
 
 def apply_matrix(A, v):

@@ -24,8 +24,8 @@ def scores(q, k):
 def attention_probs(q, k, *, causal: bool, key_mask=None):
   """Softmax attention matrix A [B, H, T, S] (float32); fully masked rows are zero."""
   s = scores(q, k)
-  A = base.masked_softmax(s, base.mask_bias(q.shape[1], k.shape[1], causal=causal,
-                                            key_mask=key_mask))
+  mask = base.mask_bias(q.shape[1], k.shape[1], causal=causal, key_mask=key_mask)
+  A = base.masked_softmax(s, mask, may_empty_rows=key_mask is not None)
   return einops.rearrange(A, 'b g r t s -> b (g r) t s')
 
 
