@@ -32,9 +32,10 @@ def main(argv):
            f'ratio {decoder["ratio"]:.2f}x', '',
            '| T | dense fwd+bwd s | blockwise s | speed (dense/blockwise) | dense MiB | '
            'blockwise MiB | memory (blockwise/dense) |', '|---|---|---|---|---|---|---|']
+  fmt = lambda x, f: 'not run (memory)' if x is None else format(x, f)
   for r in exact:
-    lines.append(f'| {r["T"]} | {r["dense_s"]:.3f} | {r["blockwise_s"]:.3f} | '
-                 f'{r["speed_ratio"]:.2f}x | {r["dense_peak_bytes"] / 2**20:.0f} | '
+    lines.append(f'| {r["T"]} | {fmt(r["dense_s"], ".3f")} | {fmt(r["blockwise_s"], ".3f")} | '
+                 f'{fmt(r.get("speed_ratio"), ".2f")}x | {r["dense_peak_bytes"] / 2**20:.0f} | '
                  f'{r["blockwise_peak_bytes"] / 2**20:.0f} | {r["memory_ratio"]:.3f} |')
   with open(os.path.join(FLAGS.workdir, 'benchmarks.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -17,8 +17,9 @@ from attnzoo.attention import base
 
 def scores(q, k):
   """q [B, T, H, D], k [B, S, G, D] -> logits [B, G, R, T, S] in float32, scaled by 1/sqrt(D)."""
-  qg = base.group_heads(q, k.shape[2]).astype(jnp.float32)
-  return jnp.einsum('btgrd,bsgd->bgrts', qg, k.astype(jnp.float32)) / jnp.sqrt(q.shape[-1])
+  # Scale q ([T, D]) rather than the logits ([T, S]): one pass less over the big array.
+  qg = base.group_heads(q, k.shape[2]).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+  return jnp.einsum('btgrd,bsgd->bgrts', qg, k.astype(jnp.float32))
 
 
 def attention_probs(q, k, *, causal: bool, key_mask=None):
