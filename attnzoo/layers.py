@@ -16,7 +16,7 @@ def rope(x, positions, base: float = 10000.0):
   """Rotary position embedding (Su et al. 2021) on x [B, T, N, D] (D even), positions [T]."""
   D = x.shape[-1]
   freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2]
-  angles = positions[:, None].astype(jnp.float32) * freqs  # [T, D/2]
+  angles = positions[:, None].astype(jnp.float32) * freqs[None, :]  # [T, D/2]
   sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]  # [1, T, 1, D/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)

@@ -128,3 +128,16 @@ def test_eight_fake_devices_give_the_same_loss_as_one(tmp_path):
   np.testing.assert_allclose(eight['loss'], one['loss'], rtol=1e-4)
   np.testing.assert_allclose(rows(tmp_path / 'eight', 'train')[-1]['loss'],
                              rows(tmp_path / 'one', 'train')[-1]['loss'], rtol=1e-4)
+
+
+@pytest.mark.skipif('flash' not in attnzoo.variant_names(), reason='flash not registered')
+def test_flash_training_matches_dense_at_the_same_seed(tmp_path):
+  finals = {}
+  for name in ('causal', 'flash'):
+    config = tiny(**{'model.attention.name': name, 'train.num_steps': 6,
+                     'train.eval_every': 6})
+    config.model.attention[name].update(SMALL_OPTIONS.get(name, {}))
+    finals[name] = train.train_and_evaluate(config, str(tmp_path / name))
+  for key in ('loss', 'loss_repeat', 'accuracy'):
+    np.testing.assert_allclose(finals['flash'][key], finals['causal'][key], rtol=1e-4,
+                               err_msg=key)
