@@ -652,7 +652,7 @@ def report(workdir: str) -> str:
         'heading says otherwise; exact variants (causal, blockwise, flash) compute the same '
         'function, so equal quality across them is expected.',
         '- **G**: K/V heads projected (mqa 1, gqa num_heads // 2).',
-        f'- Not trained separately: ' + '; '.join(f'`{k}` = {v}' for k, v in ALIASES.items())
+        '- Not trained separately: ' + '; '.join(f'`{k}` = {v}' for k, v in ALIASES.items())
         + '; in causal form `dense` is `causal`.',
         '',
     ]

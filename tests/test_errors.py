@@ -1,14 +1,13 @@
 """Bad input gets a ValueError that names the offending field, raised in Python (eagerly)."""
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 from flax import nnx
 
 import attnzoo
 from attnzoo import tasks
 from attnzoo.model import Decoder
-from helpers import load_config, make, qkv
+from helpers import load_config, make
 
 NON_CROSS = [n for n in attnzoo.variant_names() if not attnzoo.capabilities(n).cross]
 NON_CAUSAL = [n for n in attnzoo.variant_names() if not attnzoo.capabilities(n).causal]

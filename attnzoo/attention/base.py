@@ -12,7 +12,7 @@ registry entries that point at a mechanism with other defaults, not copies of it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import einops
 import jax
