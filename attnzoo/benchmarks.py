@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -66,8 +65,8 @@ def exact_attention_cost(lengths=(1024, 4096, 16384), heads: int = 4, head_dim: 
                          causal: bool = True, repeats: int = 3) -> list[dict]:
   """Forward+backward seconds and compiled peak bytes, blockwise vs dense, batch 1.
 
-  A program whose compiled peak exceeds half the host memory is not run (time None)."""
-  memory_limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2
+  A program whose compiled peak exceeds cost.memory_limit() is not run (time None)."""
+  memory_limit = cost.memory_limit()
   rows = []
   for T in lengths:
     q, k, v = jax.random.normal(jax.random.key(T), (3, 1, T, heads, head_dim))

@@ -5,6 +5,7 @@ time.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -44,6 +45,19 @@ def median_time(compiled: Callable, *args, repeats: int = 5, warmup: int = 1) ->
     _block(compiled(*args))
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def memory_limit() -> int:
+  """Bytes a compiled program may ask for: 90% of the accelerator's limit, or half the host's
+  RAM (running past it on CPU gets the process killed rather than an error raised)."""
+  stats = None
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001  (CPU backends may not implement it)
+    pass
+  if stats and stats.get('bytes_limit'):
+    return int(0.9 * stats['bytes_limit'])
+  return int(0.5 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
 
 
 def param_count(tree) -> int:

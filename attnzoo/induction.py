@@ -38,7 +38,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from attnzoo import attention, metrics, train
+from attnzoo import attention, jsonl, metrics, train
 
 METRICS, SCORES, SUMMARY = 'metrics.jsonl', 'scores.jsonl', 'summary.json'
 ATTENTION = 'attention.npz'
@@ -243,11 +243,6 @@ def _evaluate_fn(graphdef, stripe_len: int):
   return evaluate
 
 
-def _append(path, row):
-  with open(path, 'a') as f:
-    f.write(json.dumps(row) + '\n')
-
-
 def _tolist(tree):
   return jax.tree.map(lambda x: np.asarray(x).round(5).tolist(), jax.device_get(tree))
 
@@ -292,9 +287,9 @@ def train_run(config: ml_collections.ConfigDict, run_dir: str, *, desc: str = 't
   def log_eval(step, train_row):
     ev, (scores, *_) = evaluate(state)
     if train_row is not None:
-      _append(os.path.join(run_dir, METRICS), {'step': step, 'split': 'train', **train_row})
-    _append(os.path.join(run_dir, METRICS), {'step': step, 'split': 'eval', **ev})
-    _append(os.path.join(run_dir, SCORES), {'step': step, **_tolist(scores)})
+      jsonl.append(os.path.join(run_dir, METRICS), {'step': step, 'split': 'train', **train_row})
+    jsonl.append(os.path.join(run_dir, METRICS), {'step': step, 'split': 'eval', **ev})
+    jsonl.append(os.path.join(run_dir, SCORES), {'step': step, **_tolist(scores)})
     return ev
 
   ev = log_eval(0, None)
@@ -409,11 +404,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, variants: Sequence[str]
 
 # ---- analysis (from the saved files only) -----------------------------------------------------
 
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def load_runs(workdir: str) -> list[dict]:
   """Every finished run under workdir: summary, config, eval rows and score rows."""
   runs = []
@@ -427,9 +417,9 @@ def load_runs(workdir: str) -> list[dict]:
       summary = json.load(f)
     with open(os.path.join(d, 'config.json')) as f:
       config = json.load(f)
-    evals = [r for r in _read_jsonl(os.path.join(d, METRICS)) if r['split'] == 'eval']
+    evals = [r for r in jsonl.read(os.path.join(d, METRICS)) if r['split'] == 'eval']
     runs.append({'name': name, 'dir': d, 'summary': summary, 'config': config, 'evals': evals,
-                 'scores': _read_jsonl(os.path.join(d, SCORES))})
+                 'scores': jsonl.read(os.path.join(d, SCORES))})
   return runs
 
 

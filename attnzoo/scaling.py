@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 import attnzoo
-from attnzoo import cost
+from attnzoo import cost, jsonl
 from attnzoo.attention import base
 
 RECORDS = 'scaling.jsonl'
@@ -90,18 +90,6 @@ def point_key(r: dict[str, Any]) -> tuple:
           json.dumps(r['options'], sort_keys=True))
 
 
-def memory_limit() -> int:
-  """Bytes a compiled step may ask for: the accelerator's limit, or half the host's RAM."""
-  stats = None
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # noqa: BLE001  (CPU backends may not implement it)
-    pass
-  if stats and stats.get('bytes_limit'):
-    return int(0.9 * stats['bytes_limit'])
-  return int(0.5 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
-
-
 def _is_oom(error: BaseException) -> bool:
   text = str(error)
   return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
@@ -159,11 +147,7 @@ def measure_point(name: str, T: int, settings: Settings, *, max_bytes: int) -> d
 
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, RECORDS)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return jsonl.read(os.path.join(workdir, RECORDS))
 
 
 def run(workdir: str, settings: Settings = Settings(),
@@ -175,7 +159,7 @@ def run(workdir: str, settings: Settings = Settings(),
   os.makedirs(workdir, exist_ok=True)
   done = {point_key(r): r for r in read_records(workdir) if r['status'] in ('ok', 'oom')}
   variants = settings.variants or default_variants()
-  max_bytes = settings.max_bytes or memory_limit()
+  max_bytes = settings.max_bytes or cost.memory_limit()
   lengths = sorted(settings.lengths)
   log(f'scaling: {len(variants)} variants x T in {lengths}, B·T={settings.tokens}, '
       f'H={settings.heads}, D={settings.head_dim}, memory limit {max_bytes / 2**30:.1f} GiB, '
@@ -191,8 +175,7 @@ def run(workdir: str, settings: Settings = Settings(),
       if record is None:
         t0 = time.perf_counter()
         record = measure_point(name, T, settings, max_bytes=max_bytes)
-        with open(os.path.join(workdir, RECORDS), 'a') as f:
-          f.write(json.dumps(record) + '\n')
+        jsonl.append(os.path.join(workdir, RECORDS), record)
         new.append(record)
         log(f'  {name:>12} T={T:<6} {_describe(record)}  ({time.perf_counter() - t0:.1f} s)')
         gc.collect()

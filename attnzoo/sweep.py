@@ -50,7 +50,7 @@ import ml_collections
 from flax import nnx
 
 import attnzoo
-from attnzoo import cost, decode, train
+from attnzoo import cost, decode, jsonl, train
 from attnzoo.attention import base
 from attnzoo.config import base_config
 
@@ -323,9 +323,9 @@ def train_once(spec: dict[str, Any], learning_rate: float, workdir: str,
          'step_s': statistics.median(steady), 'train_s': sum(times), **stats,
          'params': cost.param_count(nnx.state(model, nnx.Param)),
          'kv_heads': model.blocks[0].attn.num_kv_heads}
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    f.write(json.dumps({'step': spec['steps'], 'split': 'train', **final_train}) + '\n')
-    f.write(json.dumps({'step': spec['steps'], 'split': 'eval', **ev}) + '\n')
+  jsonl.write(os.path.join(workdir, 'metrics.jsonl'),
+              [{'step': spec['steps'], 'split': 'train', **final_train},
+               {'step': spec['steps'], 'split': 'eval', **ev}])
   out['_model'], out['_eval_step'] = model, eval_step
   return out
 
@@ -428,16 +428,7 @@ def execute(spec: dict[str, Any], workdir: str) -> dict[str, Any]:
 
 
 def read_results(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, RESULTS)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _append(workdir: str, record: dict[str, Any]):
-  with open(os.path.join(workdir, RESULTS), 'a') as f:
-    f.write(json.dumps(record) + '\n')
+  return jsonl.read(os.path.join(workdir, RESULTS))
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -468,7 +459,7 @@ def run(workdir: str, settings: Settings, *, jobs: int = 1,
   t0 = time.perf_counter()
 
   def finish(record):
-    _append(workdir, record)
+    jsonl.append(os.path.join(workdir, RESULTS), record)
     new.append(record)
     log(f'  [{len(new)}/{len(todo)} {time.perf_counter() - t0:6.0f} s] {describe(record)}')
 

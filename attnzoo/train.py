@@ -22,7 +22,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attnzoo import tasks
+from attnzoo import jsonl, tasks
 from attnzoo.checkpoint import Checkpointer
 from attnzoo.model import Decoder
 
@@ -107,20 +107,6 @@ def _shard_batch(batch, sharding):
           for k, v in batch.items() if k in DEVICE_KEYS or k.startswith('mask_')}
 
 
-def _append_jsonl(path, row):
-  with open(path, 'a') as f:
-    f.write(json.dumps(row) + '\n')
-
-
-def _truncate_jsonl(path, max_step):
-  """Drops rows written after the checkpoint we resume from (they will be redone)."""
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-    with open(path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in rows if r['step'] <= max_step)
-
-
 def evaluate(eval_step, state, config, sharding):
   totals = {}
   n = config.train.get('eval_batches', 4)
@@ -157,7 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = ckpt.latest_step()
     state = ckpt.restore(state, start)
     if writer:
-      _truncate_jsonl(metrics_path, start)
+      # Rows written after the checkpoint we resume from will be redone.
+      jsonl.write(metrics_path, [r for r in jsonl.read(metrics_path) if r['step'] <= start])
     print(f'Resumed from checkpoint at step {start} in {workdir}')
 
   stop = min(t.num_steps, t.get('stop_after', 0) or t.num_steps)
@@ -180,8 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       eval_row = evaluate(eval_step, state, config, data_sharding)
       bar.set_postfix(loss=f'{train_row["loss"]:.3f}', eval_loss=f'{eval_row["loss"]:.3f}')
       if writer:
-        _append_jsonl(metrics_path, {'step': step, 'split': 'train', **train_row})
-        _append_jsonl(metrics_path, {'step': step, 'split': 'eval', **eval_row})
+        jsonl.append(metrics_path, {'step': step, 'split': 'train', **train_row},
+                     {'step': step, 'split': 'eval', **eval_row})
       last = {'step': step, 'split': 'eval', **eval_row}
       tick, tick_step = time.perf_counter(), step
     if step % t.checkpoint_every == 0 or step == stop:
