@@ -6,6 +6,8 @@ without losing another variant's options, and new variants appear here automatic
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from attnzoo import attention
@@ -48,3 +50,65 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.stop_after = 0  # > 0: stop (checkpointed) after this step, e.g. to split a run
   return c
+
+
+# ---- validation: every value checked before anything is written or compiled -------------------
+
+def _number(config, field: str, *, kind=int, low=None, high=None, low_open: bool = False):
+  """config[field] (dotted) is a `kind` (bool is not an int) within [low, high] (or (low, ...))."""
+  value = config
+  for part in field.split('.'):
+    if part not in value:
+      return  # optional field
+    value = value[part]
+  ok_type = isinstance(value, kind if kind is int else (int, float)) and not isinstance(value, bool)
+  attention.base.check(ok_type, field, value, f'expected {"an int" if kind is int else "a number"}')
+  attention.base.check(math.isfinite(value), field, value, 'must be finite')
+  if low is not None:
+    attention.base.check(value > low if low_open else value >= low, field, value,
+                         f'must be {">" if low_open else ">="} {low}')
+  if high is not None:
+    attention.base.check(value <= high, field, value, f'must be <= {high}')
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
+  """Raises ValueError naming the first bad field and its value; cheap (no tracing)."""
+  from attnzoo import tasks  # noqa: PLC0415  (tasks imports nothing of ours; kept local)
+  from attnzoo import train  # noqa: PLC0415
+
+  for field, low in (('seed', 0), ('train.num_steps', 1), ('train.batch_size', 1),
+                     ('train.warmup_steps', 0), ('train.eval_every', 1),
+                     ('train.eval_batches', 1), ('train.checkpoint_every', 1),
+                     ('train.stop_after', 0), ('task.seq_len', 1), ('task.vocab_size', 2),
+                     ('model.num_layers', 1), ('model.d_model', 1), ('model.num_heads', 1),
+                     ('model.num_kv_heads', 1), ('model.max_len', 1)):
+    _number(config, field, low=low)
+  _number(config, 'train.learning_rate', kind=float, low=0, low_open=True)
+  _number(config, 'train.grad_clip', kind=float, low=0, low_open=True)
+  _number(config, 'train.weight_decay', kind=float, low=0)
+  _number(config, 'train.final_lr_fraction', kind=float, low=0, high=1)
+  t, m = config.train, config.model
+  attention.base.check(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
+                       f'must be divisible by the {num_devices} data-parallel devices')
+  attention.base.check(m.d_model % m.num_heads == 0, 'model.d_model', m.d_model,
+                       f'must be divisible by model.num_heads={m.num_heads}')
+  attention.base.check(m.num_heads % m.num_kv_heads == 0, 'model.num_kv_heads', m.num_kv_heads,
+                       f'must divide model.num_heads={m.num_heads}')
+  name = m.attention.name
+  attention.get(name)  # unknown names list the known ones
+  caps = attention.capabilities(name)
+  causal = m.get('causal', True)
+  attention.base.check(isinstance(causal, bool), 'model.causal', causal, 'expected a bool')
+  attention.base.check(not causal or caps.causal, 'model.attention.name', name,
+                       'variant is not causal-capable; use model.causal=False')
+  options = dict(m.attention.get(name, {}))
+  try:
+    attention.base.make_options(name, **options)
+  except TypeError as e:
+    raise ValueError(f'model.attention.{name}: {e}') from None
+  max_len = options.get('max_len')
+  if max_len is not None:
+    attention.base.check(config.task.seq_len <= max_len, f'model.attention.{name}.max_len',
+                         max_len, f'shorter than task.seq_len={config.task.seq_len}')
+  # The task's own checks (lengths, periods, pairs): one tiny batch, NumPy only.
+  train.batch_for(config, 0, batch_size=1)

@@ -5,10 +5,10 @@
 
 Multi-host: pass --coordinator_address, --num_processes and --process_id on every host.
 """
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from attnzoo import train
+from attnzoo import cli, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -21,13 +21,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # keep checkpoint chatter out of the progress display
   if FLAGS.coordinator_address:
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   final = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print('final eval:', ' '.join(f'{k}={v:.4g}' for k, v in final.items() if k != 'split'))
+  print(f'wrote {FLAGS.workdir}/: config.json, metrics.jsonl, summary.json, checkpoints/')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -36,7 +36,7 @@ def test_every_variant_trains_on_the_tiny_config(name, tmp_path):
   config.model.attention[name].update(SMALL_OPTIONS.get(name, {}))
   final = train.train_and_evaluate(config, str(tmp_path))
   assert final['step'] == 4 and np.isfinite(final['loss'])
-  assert [r['step'] for r in rows(tmp_path)] == [2, 4]
+  assert [r["step"] for r in rows(tmp_path)] == [0, 2, 4]
   train_rows = rows(tmp_path, 'train')
   assert all(r['tokens_per_s'] > 0 and np.isfinite(r['loss']) for r in train_rows)
   with open(tmp_path / 'config.json') as f:

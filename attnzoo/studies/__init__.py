@@ -1,0 +1,1 @@
+"""Studies: each a client of the one training loop (attnzoo.train); see common.py."""
