@@ -39,9 +39,9 @@ class Checkpointer:
                        'or it never reached its first checkpoint)')
     # Orbax logs every save and restore at INFO; keep a user's console for progress.
     logging.getLogger('absl').setLevel(logging.WARNING)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False))
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -74,6 +74,9 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001  (any corruption: missing or scrambled files)
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
         where = ''
+        # A failed restore can leave the manager's item handlers confused: start afresh.
+        self.manager.close()
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
         if set_aside:
           bad = os.path.join(self.workdir, 'checkpoints.bad', f'{step}-{int(time.time())}')
           os.makedirs(os.path.dirname(bad), exist_ok=True)

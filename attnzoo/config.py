@@ -94,6 +94,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
                        f'must be divisible by model.num_heads={m.num_heads}')
   attention.base.check(m.num_heads % m.num_kv_heads == 0, 'model.num_kv_heads', m.num_kv_heads,
                        f'must divide model.num_heads={m.num_heads}')
+  from attnzoo.model import POSITIONS  # noqa: PLC0415
+  attention.base.check(m.get('positions', 'learned') in POSITIONS, 'model.positions',
+                       m.get('positions'), f'expected one of {POSITIONS}')
   name = m.attention.name
   attention.get(name)  # unknown names list the known ones
   caps = attention.capabilities(name)

@@ -130,6 +130,7 @@ def make_steps(graphdef, *, skip_nonfinite: bool = False):
 
   @jax.jit
   def train_step(state, batch):
+    old = jax.tree.leaves(state)  # plain arrays: merging may hand `state`'s variables to the model
     model, optimizer = nnx.merge(graphdef, state)
     def loss_fn(model):
       m = metrics_of(model, batch)
@@ -138,9 +139,13 @@ def make_steps(graphdef, *, skip_nonfinite: bool = False):
     metrics['grad_norm'] = optax.tree.norm(grads)
     optimizer.update(model, grads)
     new_state = nnx.state((model, optimizer))
+    params_finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in
+                                       jax.tree.leaves(nnx.state(model, nnx.Param))]))
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm']) & params_finite
+    metrics['finite'] = finite.astype(jnp.float32)
     if skip_nonfinite:
-      finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
-      new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
+      leaves, treedef = jax.tree.flatten(new_state)
+      new_state = jax.tree.unflatten(treedef, jax.lax.cond(finite, lambda: leaves, lambda: old))
     return new_state, metrics
 
   @jax.jit
@@ -363,16 +368,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = device_batch(batch_for(config, step), sharding)
       t0 = time.perf_counter()
       state, train_metrics = step_fn(state, batch)
-      loss, grad_norm = (float(x) for x in jax.device_get(
-          (train_metrics['loss'], train_metrics['grad_norm'])))
+      loss, grad_norm, finite = (float(x) for x in jax.device_get(
+          (train_metrics['loss'], train_metrics['grad_norm'], train_metrics['finite'])))
       times.append(time.perf_counter() - t0)
       bar.update(1)
-      if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      if not finite:
         if not t.get('skip_nonfinite', False):
           bar.close()
           ckpt.close()
           kept = ckpt.latest_step()
-          raise Diverged(f'train: non-finite loss={loss} / grad_norm={grad_norm} at step {step}; '
+          raise Diverged(f'train: non-finite loss={loss} / grad_norm={grad_norm} / parameters '
+                         f'at step {step}; '
                          f'nothing after step {kept or 0} was checkpointed. Lower '
                          'train.learning_rate, or set train.skip_nonfinite=True to skip such '
                          'steps.')
