@@ -41,3 +41,15 @@ def load_config(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def tiny(**overrides):
+  """configs/tiny.py with dotted-key overrides, e.g. tiny(**{'train.num_steps': 6})."""
+  config = load_config('tiny')
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return config

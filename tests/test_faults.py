@@ -15,21 +15,15 @@ import pytest
 
 import attnzoo
 from attnzoo import checkpoint, jsonl, train
+import helpers
 from helpers import ROOT, load_config
 
 TIMEOUT = 120  # seconds, for any subprocess
 
 
 def tiny(**overrides):
-  config = load_config('tiny')
-  config.train.update(num_steps=8, eval_every=2, checkpoint_every=2)
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split('.')
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return config
+  return helpers.tiny(**{'train.num_steps': 8, 'train.eval_every': 2,
+                         'train.checkpoint_every': 2, **overrides})
 
 
 def eval_rows(workdir):

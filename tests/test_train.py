@@ -10,18 +10,7 @@ import pytest
 
 import attnzoo
 from attnzoo import train
-from helpers import ROOT, SMALL_OPTIONS, load_config
-
-
-def tiny(**overrides):
-  config = load_config('tiny')
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split('.')
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return config
+from helpers import ROOT, SMALL_OPTIONS, load_config, tiny
 
 
 def rows(workdir, split='eval'):
