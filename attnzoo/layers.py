@@ -1,9 +1,20 @@
-"""MultiHeadAttention: Q/K/V/O projections around a registry attention core.
+"""MultiHeadAttention: Q/K/V/O projections around a registry attention core, with a KV cache.
 
 x [B, T, d_model] -> q [B, T, H, D], k, v [B, S, G, D] -> core -> [B, T, H, D] -> [B, T, d_model].
 G (K/V heads) comes from the variant entry (`mqa` projects 1, `gqa` num_kv_heads, ...).
+
+Incremental decoding passes a `KVCache` in and gets the updated one back (a functional cache,
+so a decode step is a pure function of (parameters, cache, tokens) that jit can donate the
+cache to). The cache holds keys k [B, G, D, S_max] and values v [B, G, S_max, D]: heads first
+and keys transposed, so attending is two plain matrix products per K/V head that read the
+cache once (`base.cached_attention`); its size is 2 · B · S_max · G · D elements per layer, so
+MHA (G = H) stores H / G times more than GQA and H times more than MQA (G = 1) (Shazeer 2019;
+Ainslie et al. 2023). New entries are written first and then read: the old buffer is dead after
+the write, so XLA updates a donated cache in place.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +35,18 @@ def rope(x, positions, base: float = 10000.0):
 
 class SmearFactor(nnx.Param):
   pass
+
+
+class KVCache(NamedTuple):
+  """One self-attention layer's keys and values so far (all after RoPE and key smearing)."""
+  k: jax.Array  # [B, G, D, S_max], keys transposed
+  v: jax.Array  # [B, G, S_max, D]
+  last_k: jax.Array  # [B, G, D]: the newest key before smearing (smear_keys mixes it in next)
+  length: jax.Array  # int32 scalar: positions 0 .. length - 1 are filled
+
+  @property
+  def max_len(self) -> int:
+    return self.v.shape[2]
 
 
 class MultiHeadAttention(nnx.Module):
@@ -61,10 +84,15 @@ class MultiHeadAttention(nnx.Module):
     self.core = core if core is not None else attention.make_attention(
         attention_name, rngs=rngs, **(options or {}))
 
-  def __call__(self, x, context=None, *, causal: bool | None = None, key_mask=None,
-               return_attention: bool = False, head_mask=None):
-    """x [B, T, d]; context [B, S, d] for cross-attention (else self); head_mask [H] scales
-    each head's output (0 ablates it). Returns y [B, T, d] and, if asked, A [B, H, T, S]."""
+  def project(self, x, context=None):
+    """x [B, T, d] (context [B, S, d] for cross-attention) -> q [B, T, H, D], k, v [B, S, G, D]
+    after RoPE and key smearing: exactly what the core sees."""
+    q, _, k, v = self._project(x, context, jnp.arange(x.shape[1]), None)
+    return q, k, v
+
+  def _project(self, x, context, positions, prev_k):
+    """q, the raw (unsmeared) keys, the keys the core sees, and v; x at `positions` [T] (self-
+    attention), prev_k [B, G, D] the raw key before x's first position (None: zeros)."""
     B, T, _ = x.shape
     src = x if context is None else context
     S = src.shape[1]
@@ -72,23 +100,78 @@ class MultiHeadAttention(nnx.Module):
     q = self.q_proj(x).reshape(B, T, H, D)
     v = self.v_proj(src).reshape(B, S, G, D)
     if self.use_rope and context is None:
-      q = rope(q, jnp.arange(T))
+      q = rope(q, positions)
     if self.shared_qk:
       attention.base.check(context is None, 'context', 'given',
                            f'{self.core.name} shares Q and K, so it only does self-attention')
-      k = q
+      raw = q
     else:
-      k = self.k_proj(src).reshape(B, S, G, D)
+      raw = self.k_proj(src).reshape(B, S, G, D)
       if self.use_rope and context is None:
-        k = rope(k, jnp.arange(S))
+        raw = rope(raw, positions)
+    k = raw
     if self.smear is not None:
       a = jax.nn.sigmoid(self.smear[...])[None, None, :, None]  # [1, 1, K/V heads, 1]
-      prev = jnp.pad(k, [(0, 0), (1, 0), (0, 0), (0, 0)])[:, :-1]
-      k = a * k + (1 - a) * prev
-    out = self.core(q, k, v, causal=causal, key_mask=key_mask)  # [B, T, H, D]
-    if head_mask is not None:
-      out = out * head_mask[None, None, :, None].astype(out.dtype)  # [1, 1, H, 1]
-    y = self.o_proj(out.reshape(B, T, H * D))
+      first = jnp.zeros_like(raw[:, :1]) if prev_k is None else prev_k[:, None].astype(raw.dtype)
+      k = a * raw + (1 - a) * jnp.concatenate([first, raw[:, :-1]], axis=1)
+    return q, raw, k, v
+
+  def check_decodable(self):
+    """Raises ValueError naming the variant when its core cannot attend over a KV cache."""
+    core = self.core
+    attention.base.check(
+        core.decodable(core.options), 'model.attention.name', core.name,
+        f'this variant with {core.options} does not declare itself decodable: its causal '
+        'core is not softmax attention over all earlier keys, so a KV cache cannot reproduce '
+        'it (decodable: the exact causal variants, e.g. dense, blockwise, flash with window=0)')
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty cache for `batch_size` sequences of up to `max_len` positions."""
+    self.check_decodable()
+    G, D = self.num_kv_heads, self.head_dim
+    return KVCache(k=jnp.zeros((batch_size, G, D, max_len), dtype),
+                   v=jnp.zeros((batch_size, G, max_len, D), dtype),
+                   last_k=jnp.zeros((batch_size, G, D), dtype),
+                   length=jnp.zeros((), jnp.int32))
+
+  def __call__(self, x, context=None, *, causal: bool | None = None, key_mask=None,
+               return_attention: bool = False, head_mask=None, rng=None,
+               cache: KVCache | None = None):
+    """x [B, T, d]; context [B, S, d] for cross-attention (else self); head_mask [H] scales
+    each head's output (0 ablates it); rng a PRNG key for random variants (see
+    `attention.Attention`). Returns y [B, T, d] and, if asked, A [B, H, T, S].
+
+    With `cache`, x holds positions cache.length ... + T - 1 and attends causally to them and
+    to the cached ones; returns (y, updated cache)."""
+    if cache is not None:
+      return self._extend(x, cache, head_mask)
+    q, k, v = self.project(x, context)
+    out = self.core(q, k, v, causal=causal, key_mask=key_mask, rng=rng)  # [B, T, H, D]
+    y = self._output(out, head_mask)
     if not return_attention:
       return y
-    return y, self.core.attention_matrix(q, k, v, causal=causal, key_mask=key_mask)
+    return y, self.core.attention_matrix(q, k, v, causal=causal, key_mask=key_mask, rng=rng)
+
+  def _output(self, out, head_mask):
+    """out [B, T, H, D] -> y [B, T, d], each head scaled by head_mask [H] if given."""
+    B, T, H, D = out.shape
+    if head_mask is not None:
+      out = out * head_mask[None, None, :, None].astype(out.dtype)  # [1, 1, H, 1]
+    return self.o_proj(out.reshape(B, T, H * D))
+
+  def _extend(self, x, cache: KVCache, head_mask):
+    self.check_decodable()
+    T = x.shape[1]
+    attention.base.check(T <= cache.max_len, 'tokens.shape[1]', T,
+                         f'longer than the cache (max_len={cache.max_len})')
+    positions = cache.length + jnp.arange(T, dtype=jnp.int32)  # [T]
+    q, raw, k, v = self._project(x, None, positions, cache.last_k)
+    at = cache.length
+    cache = KVCache(
+        k=jax.lax.dynamic_update_slice(
+            cache.k, jnp.transpose(k, (0, 2, 3, 1)).astype(cache.k.dtype), (0, 0, 0, at)),
+        v=jax.lax.dynamic_update_slice(
+            cache.v, jnp.transpose(v, (0, 2, 1, 3)).astype(cache.v.dtype), (0, 0, at, 0)),
+        last_k=raw[:, -1].astype(cache.last_k.dtype), length=at + T)
+    out = self.core.attend_cache(q, cache.k, cache.v, positions=positions)  # [B, T, H, D]
+    return self._output(out, head_mask), cache

@@ -1,6 +1,11 @@
 """A tiny pre-LayerNorm decoder: embed -> [Block: attention -> MLP?] x L -> logits.
 
 Attention-only models (`mlp=False`) are what induction-head studies use (Elhage et al. 2021).
+Incremental decoding is the same forward pass with a cache, one `KVCache` per layer:
+
+  cache = model.init_cache(batch_size=B, max_len=S_max)
+  logits, cache = model(prompt, cache=cache)           # prefill: prompt [B, P]
+  logits, cache = model(token[:, None], cache=cache)   # one step: logits [B, 1, V]
 """
 from __future__ import annotations
 
@@ -9,18 +14,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnzoo import attention
-from attnzoo.layers import MultiHeadAttention
+from attnzoo.layers import KVCache, MultiHeadAttention
 
 POSITIONS = ('learned', 'sinusoidal', 'rope', 'none')
 
 
-def sinusoidal(length: int, d_model: int):
-  """[length, d_model] sinusoidal position table (Vaswani et al. 2017)."""
-  pos = jnp.arange(length, dtype=jnp.float32)[:, None]
-  freqs = 10000.0 ** (-jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+def sinusoidal(length: int, d_model: int, start=0):
+  """[length, d_model] sinusoidal position table (Vaswani et al. 2017) of positions
+  start ... start + length - 1."""
+  pos = (start + jnp.arange(length, dtype=jnp.float32))[:, None]
+  freqs = 10000.0 ** (-jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)[None, :]
   table = jnp.zeros((length, d_model))
   table = table.at[:, 0::2].set(jnp.sin(pos * freqs))
-  return table.at[:, 1::2].set(jnp.cos(pos * freqs[: d_model // 2]))
+  return table.at[:, 1::2].set(jnp.cos(pos * freqs[:, : d_model // 2]))
 
 
 class Block(nnx.Module):
@@ -40,16 +46,23 @@ class Block(nnx.Module):
     self.mlp = (nnx.Sequential(nnx.Linear(d, 4 * d, rngs=rngs), nnx.gelu,
                                nnx.Linear(4 * d, d, rngs=rngs)) if cfg.mlp else None)
 
-  def __call__(self, x, *, causal, key_mask, memory, memory_mask, return_attention, head_mask):
-    h = self.attn(self.norm1(x), causal=causal, key_mask=key_mask,
-                  return_attention=return_attention, head_mask=head_mask)
-    h, A = h if return_attention else (h, None)
+  def __call__(self, x, *, causal, key_mask=None, memory=None, memory_mask=None,
+               return_attention=False, head_mask=None, rng=None, cache=None):
+    """x [B, T, d] -> (x, A [B, H, T, T] or None, the updated cache or None)."""
+    A = None
+    if cache is not None:
+      h, cache = self.attn(self.norm1(x), head_mask=head_mask, cache=cache)
+    else:
+      h = self.attn(self.norm1(x), causal=causal, key_mask=key_mask,
+                    return_attention=return_attention, head_mask=head_mask, rng=rng)
+      h, A = h if return_attention else (h, None)
     x = x + h
     if self.cross is not None:
-      x = x + self.cross(self.norm_c(x), memory, causal=False, key_mask=memory_mask)
+      rng = None if rng is None else jax.random.fold_in(rng, 1)
+      x = x + self.cross(self.norm_c(x), memory, causal=False, key_mask=memory_mask, rng=rng)
     if self.mlp is not None:
       x = x + self.mlp(self.norm2(x))
-    return x, A
+    return x, A, cache
 
 
 class Decoder(nnx.Module):
@@ -74,31 +87,65 @@ class Decoder(nnx.Module):
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
     if cfg.positions == 'learned':
       self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model)))
-    # Linformer's layer-wise sharing: one core module (one E = F) reused by every layer.
-    options = cfg.attention.get(name, {})
+    # A variant that declares itself layer-shared is built once and reused by every layer.
+    options = dict(cfg.attention.get(name, {}))
     core = (attention.make_attention(name, rngs=rngs, **options)
-            if options.get('share', None) == 'layer-wise' else None)
+            if attention.layer_shared(name, options) else None)
     self.blocks = nnx.List([Block(cfg, core=core, rngs=rngs) for _ in range(cfg.num_layers)])
     self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
     self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
 
-  def embed_tokens(self, tokens):
+  def embed_tokens(self, tokens, start=0):
+    """tokens [B, T] at positions start ... start + T - 1 (start may be traced) -> [B, T, d]."""
     T = tokens.shape[1]
     attention.base.check(T <= self.max_len, 'tokens.shape[1]', T,
                          f'longer than model.max_len={self.max_len}')
     x = self.embed(tokens)
     if self.positions == 'learned':
-      x = x + self.pos[None, :T]
+      x = x + jax.lax.dynamic_slice_in_dim(self.pos[...], start, T)[None]
     elif self.positions == 'sinusoidal':
-      x = x + sinusoidal(T, self.d_model)[None]
+      x = x + sinusoidal(T, self.d_model, start)[None]
     return x
 
+  def check_decodable(self):
+    """Raises ValueError naming the field when this model cannot decode with a KV cache."""
+    attention.base.check(self.causal, 'model.causal', self.causal,
+                         'incremental decoding needs a causal model')
+    for i, block in enumerate(self.blocks):
+      block.attn.check_decodable()
+      attention.base.check(block.cross is None, f'blocks[{i}].cross', 'present',
+                           'cross-attention models are not decodable here')
+
+  def init_cache(self, *, batch_size: int, max_len: int | None = None,
+                 dtype=jnp.float32) -> tuple[KVCache, ...]:
+    """One empty KVCache per layer for `batch_size` sequences of up to `max_len` positions
+    (default model.max_len); raises ValueError if the model cannot decode."""
+    self.check_decodable()
+    max_len = self.max_len if max_len is None else max_len
+    attention.base.check(0 < max_len <= self.max_len, 'max_len', max_len,
+                         f'must be in [1, model.max_len={self.max_len}]')
+    return tuple(b.attn.init_cache(batch_size, max_len, dtype) for b in self.blocks)
+
   def __call__(self, tokens, *, key_mask=None, source=None, source_mask=None,
-               return_attention: bool = False, head_mask=None):
+               return_attention: bool = False, head_mask=None, rng=None, cache=None):
     """tokens [B, T] int -> logits [B, T, V] (and [A_layer [B, H, T, T]] if return_attention).
 
     source [B, S] tokens to cross-attend to (encoder-decoder tasks); head_mask [L, H] scales
-    each head's output (0 ablates it)."""
+    each head's output (0 ablates it); rng a PRNG key for random variants (layer i uses
+    fold_in(rng, i); without it they use their own RNG stream, see `attention.Attention`).
+
+    cache (from `init_cache`): tokens are positions cache[0].length ... + T - 1, attending to
+    the cached ones; returns (logits, updated cache). A cache holding S_max positions takes
+    at most S_max tokens in all (later writes would be clipped)."""
+    if cache is not None:
+      self.check_decodable()
+      x = self.embed_tokens(tokens, cache[0].length)
+      new = []
+      for block, layer_cache in zip(self.blocks, cache):
+        x, _, layer_cache = block(x, causal=True, cache=layer_cache,
+                                  head_mask=None if head_mask is None else head_mask[len(new)])
+        new.append(layer_cache)
+      return self.head(self.norm(x)), tuple(new)
     x = self.embed_tokens(tokens)
     memory = None
     if source is not None:
@@ -108,9 +155,10 @@ class Decoder(nnx.Module):
                          else sinusoidal(S, self.d_model)[None])
     attns = []
     for i, block in enumerate(self.blocks):
-      x, A = block(x, causal=self.causal, key_mask=key_mask, memory=memory,
-                   memory_mask=source_mask, return_attention=return_attention,
-                   head_mask=None if head_mask is None else head_mask[i])
+      x, A, _ = block(x, causal=self.causal, key_mask=key_mask, memory=memory,
+                      memory_mask=source_mask, return_attention=return_attention,
+                      head_mask=None if head_mask is None else head_mask[i],
+                      rng=None if rng is None else jax.random.fold_in(rng, i))
       attns.append(A)
     logits = self.head(self.norm(x))
     return (logits, attns) if return_attention else logits

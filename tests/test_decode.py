@@ -1,5 +1,7 @@
-"""KV-cache decoding: greedy tokens with the cache equal greedy tokens from rerunning the full
-model each step (MHA, GQA, MQA; RoPE and learned positions); cache size and refusals."""
+"""KV-cache decoding: the cached path equals the full forward for every decodable variant (MHA,
+GQA, MQA; RoPE, learned and sinusoidal positions; key smearing; chunks of several tokens), greedy
+tokens with the cache equal greedy tokens from rerunning the model, cache layout and size,
+`project`, and refusals of models that cannot decode."""
 
 import jax
 import jax.numpy as jnp
@@ -8,20 +10,53 @@ import pytest
 from flax import nnx
 
 import attnzoo
-from attnzoo import decode
+from attnzoo import attention, decode
 from attnzoo.config import base_config
+
+from helpers import SMALL_OPTIONS
 
 
 def tiny_model(name, *, num_kv_heads=4, positions='learned', smear_keys=False, mlp=False,
-               max_len=8):
+               max_len=8, **options):
   c = base_config().model
   c.vocab_size, c.d_model, c.num_heads, c.num_kv_heads = 16, 16, 4, num_kv_heads
   c.num_layers, c.mlp, c.positions, c.max_len = 2, mlp, positions, max_len
   c.smear_keys = smear_keys
   c.attention.name = name
+  c.attention[name].update({**SMALL_OPTIONS.get(name, {}), **options})
   model = attnzoo.Decoder(c, rngs=nnx.Rngs(params=0, attention=1))
   model.eval()
   return model
+
+
+def is_decodable(name):
+  return attention.get(name).module.decodable(attention.base.make_options(name))
+
+
+DECODABLE = [n for n in attention.variant_names() if is_decodable(n)]
+REFUSED = [n for n in attention.variant_names() if not is_decodable(n)]
+
+
+def test_the_exact_causal_variants_declare_themselves_decodable():
+  assert DECODABLE == ['blockwise', 'causal', 'cross', 'dense', 'flash', 'gqa', 'mqa']
+
+
+@pytest.mark.parametrize('name', DECODABLE)
+@pytest.mark.parametrize('positions,smear', [('rope', True), ('learned', False),
+                                             ('sinusoidal', True)])
+def test_cached_chunks_equal_the_full_forward(name, positions, smear):
+  # Prefill 3 tokens, then a chunk of 2, then 1, 1, 1: every logit equals the full forward's.
+  model = tiny_model(name, num_kv_heads=2, positions=positions, smear_keys=smear, mlp=True)
+  tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, 16)
+  full = model(tokens)  # [B, 8, V]
+  cache = decode.init_cache(model, batch_size=2)
+  got, at = [], 0
+  for n in (3, 2, 1, 1, 1):
+    logits, cache = decode.extend(model, cache, tokens[:, at:at + n])
+    got.append(logits)
+    at += n
+  assert int(cache[0].length) == at == 8
+  np.testing.assert_allclose(jnp.concatenate(got, 1), full, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize('positions', ['rope', 'learned'])
@@ -45,19 +80,54 @@ def test_cache_bytes_scale_with_kv_heads():
     model = tiny_model(name, num_kv_heads=g)
     cache = decode.init_cache(model, batch_size=3)
     G = model.blocks[0].attn.num_kv_heads
-    assert cache.k[0].shape == (3, G, 4, 8) and cache.v[0].shape == (3, G, 8, 4)
-    sizes[name] = cache.nbytes()
+    assert len(cache) == 2  # one per layer
+    assert cache[0].k.shape == (3, G, 4, 8) and cache[0].v.shape == (3, G, 8, 4)  # keys [D, S]
+    sizes[name] = decode.cache_bytes(cache)
   assert sizes['causal'] == 2 * sizes['gqa'] == 4 * sizes['mqa']
   assert sizes['mqa'] == decode.kv_cache_bytes(num_layers=2, batch_size=3, length=8,
                                                num_kv_heads=1, head_dim=4)
 
 
-def test_undecodable_models_are_refused():
-  with pytest.raises(ValueError, match='model.attention.name'):
-    decode.init_cache(tiny_model('performer'), batch_size=1)
+@pytest.mark.parametrize('positions,smear', [('rope', True), ('none', False)])
+def test_project_is_what_the_core_sees(positions, smear):
+  model = tiny_model('gqa', num_kv_heads=2, positions=positions, smear_keys=smear)
+  attn = model.blocks[0].attn
+  attn.smear = None if attn.smear is None else nnx.Param(jnp.array([0.5, -1.0]))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  q, k, v = attn.project(x)
+  assert q.shape == (2, 5, 4, 4) and k.shape == v.shape == (2, 5, 2, 4)
+  out = attn.core(q, k, v, causal=True)
+  np.testing.assert_allclose(attn.o_proj(out.reshape(2, 5, 16)), attn(x, causal=True),
+                             atol=1e-6)
+  # Key smearing mixes in the previous key: a change at position 2 moves keys 2 and 3 only.
+  x2 = x.at[:, 2].add(1.0)
+  moved = np.abs(np.asarray(attn.project(x2)[1] - k)).max(axis=(0, 2, 3)) > 1e-6
+  np.testing.assert_array_equal(moved, [False, False, True, smear, False])
+
+
+@pytest.mark.parametrize('name', REFUSED)
+def test_variants_that_cannot_decode_are_refused_by_name(name):
+  refusal = f"model.attention.name='{name}'.*does not declare itself decodable"
+  attn = attnzoo.MultiHeadAttention(16, 4, attention_name=name,
+                                    options=SMALL_OPTIONS.get(name), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=refusal):
+    attn.init_cache(1, 8)
+  if attention.capabilities(name).causal:  # a causal model of it is refused the same way
+    with pytest.raises(ValueError, match=refusal):
+      decode.generate(tiny_model(name), jnp.zeros((1, 2), jnp.int32), 2)
+
+
+def test_windowed_flash_is_refused():
+  with pytest.raises(ValueError, match=r"model.attention.name='flash'.*window=2"):
+    decode.generate(tiny_model('flash', window=2), jnp.zeros((1, 2), jnp.int32), 2)
+
+
+def test_other_undecodable_models_are_refused():
   model = tiny_model('causal')
   model.causal = False
   with pytest.raises(ValueError, match='model.causal'):
     decode.init_cache(model, batch_size=1)
   with pytest.raises(ValueError, match='num_tokens'):
     decode.generate(tiny_model('causal'), jnp.zeros((1, 4), jnp.int32), 6)
+  with pytest.raises(ValueError, match='max_len'):
+    decode.init_cache(tiny_model('causal'), batch_size=1, max_len=9)

@@ -111,3 +111,29 @@ def test_gradients_finite():
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(g))
   assert float(jnp.abs(grads[0]['E'][...]).sum()) > 0
+
+
+def test_fit_options_sets_max_len_to_the_sequence_length():
+  options = {'proj_dim': 8, 'max_len': 1024, 'share': 'kv'}
+  fitted = attnzoo.attention.fit_options('linformer', options, 48)
+  assert fitted == {'proj_dim': 8, 'max_len': 48, 'share': 'kv'}
+  assert options['max_len'] == 1024  # the caller's dict is not changed
+  assert _module(**fitted).E.shape == (8, 48)
+  # Variants whose options do not depend on the length keep them.
+  assert attnzoo.attention.fit_options('longformer', {'window': 4}, 48) == {'window': 4}
+
+
+def test_layer_wise_share_is_declared_and_the_model_builds_one_core():
+  from attnzoo.config import base_config
+  assert attnzoo.attention.layer_shared('linformer', {'share': 'layer-wise'})
+  assert not attnzoo.attention.layer_shared('linformer', {'share': 'kv'})
+  assert not attnzoo.attention.layer_shared('dense', {})
+  for share, cores in (('layer-wise', 1), ('kv', 3)):
+    c = base_config().model
+    c.vocab_size, c.d_model, c.num_layers, c.max_len, c.causal = 16, 16, 3, 16, False
+    c.attention.name = 'linformer'
+    c.attention.linformer.update(proj_dim=4, max_len=16, share=share)
+    model = attnzoo.Decoder(c, rngs=nnx.Rngs(0))
+    assert len({id(b.attn.core) for b in model.blocks}) == cores
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))  # a shared core appears once
+    assert sum(path[-1] == 'E' for path, _ in params) == cores

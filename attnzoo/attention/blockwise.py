@@ -120,6 +120,10 @@ class Blockwise(base.Attention):
       base.check(isinstance(self.block_k, int) and self.block_k > 0, 'blockwise.block_k',
                  self.block_k, 'must be a positive int')
 
+  @classmethod
+  def decodable(cls, options) -> bool:
+    return True  # exact softmax: attention over the cache is the same math
+
   def forward(self, q, k, v, *, causal, key_mask):
     return blockwise_attention(q, k, v, causal=causal, key_mask=key_mask,
                                block_k=self.options.block_k)

@@ -44,6 +44,10 @@ class Dense(base.Attention):
   class Options:
     pass
 
+  @classmethod
+  def decodable(cls, options) -> bool:
+    return True  # exact softmax: attention over the cache is the same math
+
   def forward(self, q, k, v, *, causal, key_mask):
     return dot_product_attention(q, k, v, causal=causal, key_mask=key_mask)
 

@@ -61,6 +61,10 @@ class Flash(base.Attention):
       base.check(self.interpret in ('auto', 'true', 'false'), 'flash.interpret',
                  self.interpret, "must be 'auto', 'true' or 'false'")
 
+  @classmethod
+  def decodable(cls, options) -> bool:
+    return options.window == 0  # a window would need a rolling cache
+
   def forward(self, q, k, v, *, causal, key_mask):
     o = self.options
     return flash_attention(q, k, v, causal=causal, key_mask=key_mask, window=o.window,

@@ -6,8 +6,9 @@ max_len use the first S columns of E and F. Masked keys are zeroed before projec
 contents reach no output. Not causal: every projected key mixes all positions, the future
 included. The effective mixing matrix is A = softmax(q K'^T / sqrt(D)) · F, [B, H, T, S].
 
-`share`: 'none' (separate E and F), 'kv' (F = E) or 'layer-wise' (F = E here; the model reuses
-one instance across layers so all layers share it). Cost: O(T·proj_dim) time and memory for
+`share`: 'none' (separate E and F), 'kv' (F = E) or 'layer-wise' (F = E here, and `layer_shared`
+tells the model to reuse one instance in every layer). `fit_options` sets max_len to the
+sequence length, so E and F cover exactly the sequences a study runs. Cost: O(T·proj_dim) time and memory for
 fixed proj_dim; supports cross-attention (projects over S).
 """
 from __future__ import annotations
@@ -81,6 +82,14 @@ class Linformer(base.Attention):
     self.E = nnx.Param(init(rngs.params(), shape, jnp.float32))
     self.F = (nnx.Param(init(rngs.params(), shape, jnp.float32)) if options.share == 'none'
               else None)
+
+  @classmethod
+  def layer_shared(cls, options) -> bool:
+    return options.share == 'layer-wise'
+
+  @classmethod
+  def fit_options(cls, options, seq_len):
+    return {**options, 'max_len': seq_len}
 
   def _projections(self):
     e = self.E[...]

@@ -26,8 +26,9 @@ small triangular products instead of a scan, see `_decayed_prefix`). Plain autod
 these gives a backward with the same O(T·m·D) time and O(T/c·m·D + T·c) memory, no [T, S]
 matrix, and a fast compile.
 
-Features: `redraw=True` draws new features from the 'attention' RNG stream on every training
-call; `redraw=False`, and always in eval mode (`module.eval()`), uses fixed features derived
+Features: `redraw=True` draws new features on every training call, from the call's `rng` key if
+given (a pure function under jax.jit / grad / vmap) or else from the module's 'attention' RNG
+stream; `redraw=False`, and always in eval mode (`module.eval()`), uses fixed features derived
 from a PRNG key drawn once at construction (stored in a non-trainable variable; the head size
 is only known at call time, so the key rather than W is stored). GQA: query heads are grouped
 [B, T, G, R, D]; the K/V summaries are computed once per K/V head and shared by its R query heads.
@@ -244,6 +245,8 @@ class FeatureSeed(nnx.Variable):
 class Performer(base.Attention):
   """FAVOR+ linear attention with positive orthogonal random features (Choromanski et al. 2021)."""
 
+  random = True
+
   @dataclasses.dataclass(frozen=True)
   class Options:
     num_features: int = 256  # m, random features per head
@@ -270,22 +273,24 @@ class Performer(base.Attention):
     self.rngs = rngs
     self.seed = FeatureSeed(rngs.params())  # fixed features: eval mode and redraw=False
 
-  def features(self, head_dim: int):
-    """W [m, D] for this call: fresh in training with redraw, else the fixed ones."""
+  def features(self, head_dim: int, rng=None):
+    """W [m, D] for this call: fresh in training with redraw (from `rng` if given), else the
+    fixed ones."""
     if self.deterministic or not self.options.redraw:
       key = self.seed[...]
     else:
-      key = self.rngs.attention()
+      key = self.redraw_key(rng)
     return orthogonal_features(key, self.options.num_features, head_dim)
 
-  def forward(self, q, k, v, *, causal, key_mask):
+  def forward(self, q, k, v, *, causal, key_mask, rng=None):
     o = self.options
     return performer_attention(q, k, v, causal=causal, key_mask=key_mask,
-                               features=self.features(q.shape[-1]), kernel=o.kernel,
+                               features=self.features(q.shape[-1], rng), kernel=o.kernel,
                                chunk_size=o.chunk_size, eps=o.eps)
 
-  def matrix(self, q, k, v, *, causal, key_mask):
+  def matrix(self, q, k, v, *, causal, key_mask, rng=None):
     # Same feature rule as forward: in training with redraw, each call draws new features.
     o = self.options
     return performer_matrix(q, k, causal=causal, key_mask=key_mask,
-                            features=self.features(q.shape[-1]), kernel=o.kernel, eps=o.eps)
+                            features=self.features(q.shape[-1], rng), kernel=o.kernel,
+                            eps=o.eps)

@@ -22,7 +22,9 @@ chunk_size >= T it is exactly dense shared-QK attention.
 Query head h uses key head h // (H // Gk) and value head h // (H // G); nothing is repeated.
 Cost: O(T log T) time for the sort plus O(T·chunk·D) for the chunks, O(T·chunk) memory per head
 and round; the [T, S] matrix is only built by `attention_matrix` (for analysis at small T).
-Rotations are redrawn per call in training and drawn from a key fixed at construction in eval.
+Rotations are redrawn per call in training (from the call's `rng` key if given, so the module is
+a pure function under jax.jit / grad / vmap, else from the module's 'attention' RNG stream) and
+drawn from a key fixed at construction in eval.
 """
 from __future__ import annotations
 
@@ -212,6 +214,8 @@ class RotationKey(nnx.Variable):
 class Reformer(base.Attention):
   """Reformer LSH attention with shared query/key (Kitaev et al. 2020)."""
 
+  random = True
+
   @dataclasses.dataclass(frozen=True)
   class Options:
     num_hashes: int = 2  # hash rounds
@@ -235,18 +239,20 @@ class Reformer(base.Attention):
     # drawn from; in eval mode every call draws the same rotations from it.
     self.rotation_key = RotationKey(jax.random.key_data(rngs.params()))
 
-  def rotations(self, head_dim: int):
-    """[num_hashes, head_dim, num_buckets // 2]: fresh per call in training, fixed in eval."""
+  def rotations(self, head_dim: int, rng=None):
+    """[num_hashes, head_dim, num_buckets // 2]: fresh per call in training (from `rng` if
+    given), fixed in eval."""
     if self.deterministic:
       key = jax.random.wrap_key_data(self.rotation_key[...])
     else:
-      key = self.rngs.attention()
+      key = self.redraw_key(rng)
     return random_rotations(key, self.options.num_hashes, head_dim, self.options.num_buckets)
 
-  def forward(self, q, k, v, *, causal, key_mask):
-    return reformer_attention(q, k, v, rotations=self.rotations(q.shape[-1]), causal=causal,
-                              key_mask=key_mask, chunk_size=self.options.chunk_size)
+  def forward(self, q, k, v, *, causal, key_mask, rng=None):
+    return reformer_attention(q, k, v, rotations=self.rotations(q.shape[-1], rng),
+                              causal=causal, key_mask=key_mask,
+                              chunk_size=self.options.chunk_size)
 
-  def matrix(self, q, k, v, *, causal, key_mask):
-    return reformer_matrix(q, k, rotations=self.rotations(q.shape[-1]), causal=causal,
+  def matrix(self, q, k, v, *, causal, key_mask, rng=None):
+    return reformer_matrix(q, k, rotations=self.rotations(q.shape[-1], rng), causal=causal,
                            key_mask=key_mask, chunk_size=self.options.chunk_size)
