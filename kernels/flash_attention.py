@@ -434,9 +434,6 @@ def _interpret_mode(cfg: _Config):
     return False
   if cfg.backend == 'mosaic_tpu':
     return pltpu.InterpretParams()
-  if cfg.backend == 'mosaic_gpu':
-    from jax._src.pallas.mosaic_gpu.interpret import params  # not public yet
-    return params.InterpretGPUParams()
   return True
 
 
@@ -638,9 +635,9 @@ def onchip_bytes(backend: str, *, head_dim: int, dtype, block_q: int = 128, bloc
 
   mosaic_tpu: VMEM = every in/out block twice (the pipeline double-buffers) + scratch, tiles
   padded to (8 sublanes, 128 lanes). mosaic_gpu: SMEM = query and output tiles + two K and two
-  V tiles + barriers. triton: the tiles a loop step holds (q, `num_stages` copies of the K and
-  V tiles the software pipeline prefetches, scores and float32 accumulators). None depends on
-  T or S: K/V are tiled.
+  V tiles + barriers. triton: SMEM = the q tile and `num_stages` copies of the K and V tiles
+  its software pipeline keeps in flight (scores and float32 accumulators live in registers:
+  (bq·bk + bq·D) floats over num_warps·32 threads). None depends on T or S: K/V are tiled.
   """
   Dp = _padded_dim(backend, head_dim)
   bq, bk, it = block_q, block_k, jnp.dtype(dtype).itemsize
@@ -655,11 +652,28 @@ def onchip_bytes(backend: str, *, head_dim: int, dtype, block_q: int = 128, bloc
     dkdv = (2 * (2 * t((bq, Dp), dtype) + 4 * t((bk, Dp), dtype) + t((1, bk), f32)
                  + 2 * t((bq, 1), f32)) + 2 * t((bk, Dp), f32))
     return max(fwd, dq, dkdv) if backward else fwd
-  tiles = bq * Dp * it + num_stages * 2 * bk * Dp * it + 2 * bq * bk * 4 + bq * Dp * 4
-  if backward:  # dK/dV: q, dO tiles prefetched, k, v held, two float32 accumulators
-    tiles = max(tiles, num_stages * 2 * bq * Dp * it + 2 * bk * Dp * it + 2 * bq * bk * 4
-                + 2 * bk * Dp * 4)
-  return tiles
+  smem = bq * Dp * it + num_stages * 2 * bk * Dp * it  # q; K, V tiles in flight
+  if backward:  # dK/dV: q, dO tiles in flight, k, v held
+    smem = max(smem, num_stages * 2 * bq * Dp * it + 2 * bk * Dp * it)
+  return smem
+
+
+def plan_blocks(backend: str, *, T: int, S: int, D: int, dtype, block_q: int = 128,
+                block_k: int = 128) -> tuple[int, int]:
+  """The (block_q, block_k) a backend runs: shrunk for short inputs; on Mosaic GPU query tiles
+  of 64 rows and K/V tiles (>= 64 rows) halved until the program fits SMEM; on Triton tiles
+  halved until the software-pipelined loads fit SMEM (D = 256: 64 x 64)."""
+  bq, bk = block_size(block_q, T), block_size(block_k, S)
+  fits = lambda bq, bk: onchip_bytes(backend, head_dim=D, dtype=dtype, block_q=bq, block_k=bk,
+                                     backward=backend != 'mosaic_gpu') <= SMEM_BYTES['H100']
+  if backend == 'mosaic_gpu':
+    bq, bk = MGPU_BLOCK_Q, max(MGPU_MIN, bk)
+    while bk > MGPU_MIN and not fits(bq, bk):
+      bk //= 2
+  elif backend == 'triton':
+    while max(bq, bk) > 32 and not fits(bq, bk):  # halve the larger tile, keys first
+      bq, bk = (bq, bk // 2) if bk >= bq else (bq // 2, bk)
+  return bq, bk
 
 
 def _padded_dim(backend: str, D: int) -> int:
@@ -670,6 +684,10 @@ def _check(backend: str, interpret: bool, dtype, D: int, block_q: int, block_k: 
            T: int, S: int):
   """Up-front refusals, naming the backend and the reason."""
   if backend == 'mosaic_gpu':
+    if interpret:
+      raise ValueError("flash.backend='mosaic_gpu': no interpret mode (JAX's Mosaic GPU "
+                       'interpreter takes neither blocked BlockSpecs nor dynamic ref slices, '
+                       'which the key loop needs); run it on a Hopper GPU or lower it')
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
       raise ValueError(f"flash.backend='mosaic_gpu': dtype {jnp.dtype(dtype).name} not "
                        'supported (wgmma here takes bfloat16 / float16 operands)')
@@ -695,7 +713,7 @@ def _pad_heads_first(x, length: int, dim: int):
 
 def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, window: int = 0,
                     block_q: int = 128, block_k: int = 128, backend: str = 'auto',
-                    interpret: bool | str | None = None, num_warps: int = 4,
+                    interpret: bool | str | None = None, num_warps: int | None = None,
                     num_stages: int = 2, mesh=None, batch_axis: str = 'data',
                     poison_outputs: bool = False):
   """Exact softmax attention by the Pallas flash kernels.
@@ -712,9 +730,10 @@ def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, window: int
     backend: 'auto' (by platform, see `resolve_backend`), 'mosaic_gpu', 'triton', 'mosaic_tpu'
       or 'interpret' (the generic Pallas interpreter).
     interpret: None / 'auto' (interpret on CPU only), True / 'true', False / 'false'; True runs
-      the backend in its own interpret mode (TPU: `pltpu.InterpretParams`, Mosaic GPU: its GPU
-      interpreter, Triton: the generic one).
-    num_warps, num_stages: Triton compiler parameters.
+      the backend in its own interpret mode (TPU: `pltpu.InterpretParams`, Triton: the generic
+      one; Mosaic GPU has none that runs this kernel and refuses).
+    num_warps, num_stages: Triton compiler parameters (num_warps default: 4 for D <= 64,
+      else 8, so the float32 accumulator stays in registers).
     mesh: run per shard with `shard_map` over `batch_axis` of this mesh (default: the ambient
       mesh of `jax.set_mesh`, if it has that axis).
     poison_outputs: testing only; every kernel output starts as a NaN-filled aliased buffer.
@@ -736,19 +755,15 @@ def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, window: int
   interpret = resolve_interpret(interpret) or name == 'interpret'
   # 'auto' on Hopper: Mosaic GPU forward, Triton when differentiated.
   grad_backend = 'triton' if backend == 'auto' and name == 'mosaic_gpu' else name
-  bq, bk = block_size(block_q, T), block_size(block_k, S)
-  if name == 'mosaic_gpu':
-    bq, bk = MGPU_BLOCK_Q, max(MGPU_MIN, bk)
-    while bk > MGPU_MIN and onchip_bytes(name, head_dim=D, dtype=q.dtype, block_q=bq,
-                                         block_k=bk) > SMEM_BYTES['H100']:
-      bk //= 2
+  bq, bk = plan_blocks(name, T=T, S=S, D=D, dtype=q.dtype, block_q=block_q, block_k=block_k)
   _check(name, interpret, q.dtype, D, bq, bk, T, S)
   if name == 'mosaic_gpu' and key_mask is not None:
     raise ValueError("flash.backend='mosaic_gpu': key_mask not supported (the kernel masks "
                      "only padding and the band); use backend='triton'")
   cfg = _Config(backend=name, grad_backend=grad_backend, interpret=interpret, causal=causal,
                 window=window, block_q=bq, block_k=bk, scale=1.0 / math.sqrt(D),
-                num_warps=num_warps, num_stages=num_stages, poison=poison_outputs)
+                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages,
+                poison=poison_outputs)
   mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
   sharded = mesh is not None and not mesh.empty and batch_axis in mesh.axis_names
   fn = functools.partial(_run, cfg=cfg, Dp=_padded_dim(name, D))
