@@ -472,6 +472,22 @@ def _row_specs(bq: int, Dp: int, index):
   return (pl.BlockSpec((None, None, bq, Dp), index), pl.BlockSpec((None, None, bq, 1), index))
 
 
+def _tpu_query_grid_specs(cfg: _Config, R: int, Dp: int, nk: int):
+  """Mosaic TPU specs on grid (b, h, query block i, key block j), forward and dQ: the query-side
+  [bq, Dp] and [bq, 1] blocks, the K/V block and the key-validity block, with the key block
+  clamped into the band of query block i (outside it the block index repeats: no new DMA)."""
+  bq, bk = cfg.block_q, cfg.block_k
+
+  def key_block(i, j):
+    lo, hi = key_block_range(i, block_q=bq, block_k=bk, num_k_blocks=nk, causal=cfg.causal,
+                             window=cfg.window)
+    return _clamp(j, lo, hi, nk)
+  rows, row1 = _row_specs(bq, Dp, lambda b, h, i, j: (b, h, i, 0))
+  kv = pl.BlockSpec((None, None, bk, Dp), lambda b, h, i, j: (b, h // R, key_block(i, j), 0))
+  valid = pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, key_block(i, j)))
+  return rows, row1, kv, valid
+
+
 def _forward(q, k, v, valid, cfg: _Config):
   """q [B, H, Tp, Dp], k, v [B, G, Sp, Dp], valid [B, 1, Sp] -> o like q, lse [B, H, Tp, 1]."""
   B, H, Tp, Dp = q.shape
@@ -480,21 +496,11 @@ def _forward(q, k, v, valid, cfg: _Config):
   out_shapes = [jax.ShapeDtypeStruct(q.shape, q.dtype),
                 jax.ShapeDtypeStruct((B, H, Tp, 1), jnp.float32)]
   if cfg.backend == 'mosaic_tpu':
-    nq, nk = Tp // bq, Sp // bk
-
-    def key_block(b, h, i, j):
-      lo, hi = key_block_range(i, block_q=bq, block_k=bk, num_k_blocks=nk, causal=cfg.causal,
-                               window=cfg.window)
-      return _clamp(j, lo, hi, nk)
-    kv = pl.BlockSpec((None, None, bk, Dp), lambda b, h, i, j: (b, h // R, key_block(b, h, i, j),
-                                                                0))
-    rows = _row_specs(bq, Dp, lambda b, h, i, j: (b, h, i, 0))
-    return _call(
-        _tpu_fwd_kernel, 'flash_fwd', cfg, (B, H, nq, nk), (q, k, v, valid),
-        [rows[0], kv, kv, pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, key_block(
-            b, h, i, j)))], out_shapes, rows,
-        [pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
-         pltpu.VMEM((bq, Dp), jnp.float32)])
+    rows, row1, kv, valid_spec = _tpu_query_grid_specs(cfg, R, Dp, Sp // bk)
+    f32 = jnp.float32
+    return _call(_tpu_fwd_kernel, 'flash_fwd', cfg, (B, H, Tp // bq, Sp // bk), (q, k, v, valid),
+                 [rows, kv, kv, valid_spec], out_shapes, [rows, row1],
+                 [pltpu.VMEM((bq, 1), f32), pltpu.VMEM((bq, 1), f32), pltpu.VMEM((bq, Dp), f32)])
   rows = _row_specs(bq, Dp, lambda b, h, i: (b, h, i, 0))
   return _call(functools.partial(_loop_fwd_kernel, R=R), 'flash_fwd', cfg, (B, H, Tp // bq),
                (q, k, v, valid),
@@ -526,14 +532,7 @@ def _backward(q, k, v, valid, o, lse, do, cfg: _Config):
   f32 = jnp.float32
 
   if cfg.backend == 'mosaic_tpu':
-    def key_block(b, h, i, j):
-      lo, hi = key_block_range(i, block_q=bq, block_k=bk, num_k_blocks=nk, causal=cfg.causal,
-                               window=cfg.window)
-      return _clamp(j, lo, hi, nk)
-    rows, row1 = _row_specs(bq, Dp, lambda b, h, i, j: (b, h, i, 0))
-    kv = pl.BlockSpec((None, None, bk, Dp), lambda b, h, i, j: (b, h // R, key_block(b, h, i, j),
-                                                                0))
-    valid_spec = pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, key_block(b, h, i, j)))
+    rows, row1, kv, valid_spec = _tpu_query_grid_specs(cfg, R, Dp, nk)
     (dq,) = _call(_tpu_dq_kernel, 'flash_dq', cfg, (B, H, nq, nk), args,
                   [rows, kv, kv, valid_spec, rows, row1, row1], dq_shape, [rows],
                   [pltpu.VMEM((bq, Dp), f32)])
@@ -606,7 +605,9 @@ def resolve_interpret(interpret: bool | str | None) -> bool:
 
 def resolve_backend(backend: str) -> str:
   """'auto': Mosaic TPU on TPU; on GPU Mosaic GPU from Hopper (sm90) on, else Triton; on CPU
-  the generic interpreter. Other names are returned as they are (after a check)."""
+  the generic interpreter. Other names are returned as they are (after a check).
+  (`flash_attention` then gives Triton what the Mosaic GPU kernel does not take: float32,
+  key_mask, and gradients.)"""
   if backend not in BACKENDS:
     raise ValueError(f'flash.backend={backend!r}: expected one of {", ".join(BACKENDS)}')
   if backend != 'auto':
@@ -753,6 +754,9 @@ def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, window: int
     raise ValueError(f'flash.window={window!r}: must be >= 0 (0 = no window)')
   name = resolve_backend(backend)
   interpret = resolve_interpret(interpret) or name == 'interpret'
+  if backend == 'auto' and name == 'mosaic_gpu' and (
+      key_mask is not None or poison_outputs or q.dtype == jnp.float32):
+    name = 'triton'  # what the Mosaic GPU kernel does not take, 'auto' gives to Triton
   # 'auto' on Hopper: Mosaic GPU forward, Triton when differentiated.
   grad_backend = 'triton' if backend == 'auto' and name == 'mosaic_gpu' else name
   bq, bk = plan_blocks(name, T=T, S=S, D=D, dtype=q.dtype, block_q=block_q, block_k=block_k)
@@ -765,7 +769,9 @@ def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, window: int
                 num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages,
                 poison=poison_outputs)
   mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
-  sharded = mesh is not None and not mesh.empty and batch_axis in mesh.axis_names
+  # Inside a shard_map over the batch axis (manual axis) the call is per shard already.
+  sharded = (mesh is not None and not mesh.empty and batch_axis in mesh.axis_names
+             and batch_axis not in getattr(mesh, 'manual_axes', ()))
   fn = functools.partial(_run, cfg=cfg, Dp=_padded_dim(name, D))
   if not sharded:
     return fn(q, k, v, key_mask)
