@@ -190,7 +190,8 @@ def test_block_ranges_are_the_band(bq, bk, T, S, causal, window):
 
 
 def test_options_are_validated():
-  for bad in ({'block_q': 24}, {'block_k': 8}, {'window': -1}, {'interpret': 'yes'}):
+  for bad in ({'block_q': 24}, {'block_k': 8}, {'window': -1}, {'interpret': 'yes'},
+              {'backend': 'cuda'}):
     with pytest.raises(ValueError, match='flash'):
       attnzoo.make_attention('flash', rngs=nnx.Rngs(0), **bad)
   assert attnzoo.capabilities('flash').exact
