@@ -1,8 +1,8 @@
 """Config-driven training: `train_and_evaluate(config, workdir)`.
 
-Data-parallel on a `jax.sharding.Mesh` over all devices (batch sharded on the `data` axis,
-parameters replicated), so the same code runs on 1 CPU, 8 fake CPU devices, a GPU/TPU host, or
-several hosts after `jax.distributed.initialize()`. Writes workdir/config.json and
+Runs on a `data` x `seq` mesh from `config.mesh` (`parallel.py`: batch split over `data`,
+sequence over `seq`, parameters replicated), so the same code runs on 1 CPU, 8 fake CPU
+devices, a GPU/TPU host, or several hosts after `jax.distributed.initialize()`. Writes workdir/config.json and
 workdir/metrics.jsonl (one JSON object per line: step, split, loss, accuracy, per-mask losses,
 steps_per_s, tokens_per_s); checkpoints every `train.checkpoint_every` steps and resumes from
 the latest one when rerun with the same workdir.
@@ -16,13 +16,11 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attnzoo import jsonl, tasks
+from attnzoo import jsonl, parallel, tasks
 from attnzoo.checkpoint import Checkpointer
 from attnzoo.model import Decoder
 
@@ -119,13 +117,14 @@ def evaluate(eval_step, state, config, sharding):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config.model on config.task for config.train.num_steps; returns the last eval row."""
+  mesh = parallel.make_mesh(config)
+  with jax.set_mesh(mesh):  # the ring variant finds its `seq` axis here
+    return _train(config, workdir, mesh)
+
+
+def _train(config, workdir, mesh):
   t = config.train
-  devices = np.array(jax.devices())
-  if t.batch_size % devices.size:
-    raise ValueError(f'train.batch_size={t.batch_size}: must be divisible by the '
-                     f'{devices.size} devices')
-  mesh = Mesh(devices, ('data',))
-  data_sharding = NamedSharding(mesh, P('data'))
+  data_sharding = parallel.batch_sharding(mesh)
   writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
@@ -135,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model, optimizer = build(config)
   graphdef, state = nnx.split((model, optimizer))
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = jax.device_put(state, parallel.replicated(mesh))
   train_step, eval_step = make_steps(graphdef)
   ckpt = Checkpointer(workdir)
   start = 0
