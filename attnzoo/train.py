@@ -4,8 +4,8 @@ Runs on a `data` x `seq` mesh from `config.mesh` (`parallel.py`: batch split ove
 sequence over `seq`, parameters replicated), so the same code runs on 1 CPU, 8 fake CPU
 devices, a GPU/TPU host, or several hosts after `jax.distributed.initialize()`. Writes
 workdir/config.json and workdir/metrics.jsonl (one JSON object per line: step, split, loss,
-accuracy, per-mask losses, steps_per_s, tokens_per_s); checkpoints every `train.checkpoint_every` steps and resumes from
-the latest one when rerun with the same workdir.
+accuracy, per-mask losses, steps_per_s, tokens_per_s); checkpoints every
+`train.checkpoint_every` steps and resumes from the latest one when rerun with the same workdir.
 """
 from __future__ import annotations
 
