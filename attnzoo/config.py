@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 4
   c.train.checkpoint_every = 500
   c.train.stop_after = 0  # > 0: stop (checkpointed) after this step, e.g. to split a run
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # batch split over this many devices; -1: all the devices seq leaves
+  c.mesh.seq = 1  # sequence split over this many devices (ring attention)
   return c
 
 

@@ -1,8 +1,9 @@
 """The one training loop: `train_and_evaluate(config, workdir, hooks=())`.
 
-Every run of every study goes through it. Data-parallel on a `jax.sharding.Mesh` over all
-devices (batch sharded on the `data` axis, parameters replicated), so the same code runs on
-1 CPU, 8 fake CPU devices, a GPU/TPU host, or several hosts after `jax.distributed.initialize()`.
+Every run of every study goes through it. It runs on a `data` x `seq` mesh from `config.mesh`
+(`parallel.py`: batch split over `data`, sequence over `seq` for the `ring` variant, parameters
+replicated), so the same code runs on 1 CPU, 8 fake CPU devices, a GPU/TPU host, or several
+hosts after `jax.distributed.initialize()`.
 
 A workdir holds one run:
   config.json      the config (checked against a rerun's before anything is written)
@@ -41,10 +42,9 @@ import numpy as np
 import optax
 import tqdm
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from attnzoo import config as config_lib
-from attnzoo import cost, jsonl, tasks
+from attnzoo import cost, jsonl, parallel, tasks
 from attnzoo.checkpoint import Checkpointer
 from attnzoo.model import Decoder
 
@@ -54,7 +54,7 @@ METRICS, SUMMARY, CONFIG, LOCK = 'metrics.jsonl', 'summary.json', 'config.json',
 # the data (`study.*` holds a study's analysis settings).
 SAFE_KEYS = ('train.num_steps', 'train.eval_every', 'train.eval_batches',
              'train.checkpoint_every', 'train.stop_after', 'train.skip_nonfinite')
-SAFE_PREFIXES = ('study.',)
+SAFE_PREFIXES = ('study.', 'mesh.')  # the mesh changes where, not what, is computed
 
 
 class RunError(ValueError):
@@ -291,11 +291,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: Sequence[Hook] = (), *, log=print) -> dict:
   """Trains config.model on config.task for config.train.num_steps; returns the last eval row.
   A run already finished with this config is not retrained (its final eval row is returned)."""
+  mesh = parallel.make_mesh(config)
+  config_lib.validate(config, num_devices=mesh.shape['data'])
+  with jax.set_mesh(mesh):  # the ring variant finds its `seq` axis here
+    return _train(config, workdir, hooks, mesh, log)
+
+
+def _train(config, workdir, hooks, mesh, log):
   t = config.train
-  devices = np.array(jax.devices())
-  config_lib.validate(config, num_devices=devices.size)
-  mesh = Mesh(devices, ('data',))
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = parallel.batch_sharding(mesh)
   writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   path = lambda name: os.path.join(workdir, name)
@@ -320,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model, optimizer = build(config)
     graphdef, state = nnx.split((model, optimizer))
     del model, optimizer
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    state = jax.device_put(state, parallel.replicated(mesh))
     start, state = ckpt.restore_newest(state, set_aside=writer)
     start = start or 0
     if start > t.num_steps:
@@ -405,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                'wall_s': time.perf_counter() - wall0, 'train_s': sum(times),
                'step_s': statistics.median(times[1:] or times) if times else None,
                'params': cost.param_count(nnx.state(run.model(), nnx.Param)),
-               'devices': int(devices.size), 'backend': jax.default_backend(), **stats}
+               'devices': int(mesh.size), 'backend': jax.default_backend(), **stats}
     for hook in hooks:
       extra = getattr(hook, 'at_end', lambda run: None)(run)
       if extra is not None:

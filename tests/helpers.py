@@ -18,6 +18,7 @@ SMALL_OPTIONS = {
     'linformer': dict(proj_dim=8, max_len=32),
     'performer': dict(num_features=32),
     'flash': dict(block_q=16, block_k=16),
+    'ring': dict(block_k=8),
 }
 
 

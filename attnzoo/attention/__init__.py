@@ -9,3 +9,4 @@ from attnzoo.attention import linformer  # noqa: F401
 from attnzoo.attention import performer  # noqa: F401
 from attnzoo.attention import flash  # noqa: F401
 from attnzoo.attention import reformer  # noqa: F401
+from attnzoo.attention import ring  # noqa: F401
