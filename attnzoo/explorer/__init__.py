@@ -105,17 +105,18 @@ def _b64(a, dtype):
   return base64.b64encode(np.ascontiguousarray(a, dtype).tobytes()).decode('ascii')
 
 
-def run_data(workdir: str, tokens, model=None, config=None):
-  """What the page needs about one run on tokens [T]: its attention, scores and raw q, k."""
-  if model is None:
-    model, config = train.load_run(workdir)
-  _check(all(block.cross is None for block in model.blocks), 'workdir', workdir,
-         'encoder-decoder runs are not supported (the explorer shows self-attention)')
+def _check_fits(model, tokens, field, value):
   vocab = model.embed.num_embeddings
-  _check(int(tokens.max()) < vocab, 'tokens', tokens.max(),
-         f'outside the vocabulary 0..{vocab - 1} of the run in {workdir}')
-  _check(len(tokens) <= model.max_len, 'tokens', f'{len(tokens)} tokens',
-         f'longer than model.max_len={model.max_len} of the run in {workdir}')
+  _check(all(block.cross is None for block in model.blocks), field, value,
+         'encoder-decoder runs are not supported (the explorer shows self-attention)')
+  _check(int(tokens.max()) < vocab, field, value, f'token {tokens.max()} is outside the '
+         f'vocabulary 0..{vocab - 1}')
+  _check(len(tokens) <= model.max_len, field, value,
+         f'{len(tokens)} tokens are longer than model.max_len={model.max_len}')
+
+
+def run_data(workdir: str, tokens, model, config):
+  """What the page needs about one run on tokens [T]: its attention, scores and raw q, k."""
   t = jnp.asarray(tokens)[None]  # [1, T]
   _, attns = model(t, return_attention=True)
   A = np.stack([np.asarray(a[0], np.float32) for a in attns])  # [L, H, T, T]
@@ -150,9 +151,13 @@ def write(workdir: str, tokens=None, *, text: str | None = None, compare: str | 
   else:
     tokens = np.asarray(tokens, np.int32).reshape(-1)
     labels = [str(t) for t in tokens]
+  _check_fits(model, tokens, 'text' if text is not None else 'tokens',
+              text if text is not None else tokens.tolist())
   runs = [run_data(workdir, tokens, model, config)]
   if compare is not None:
-    runs.append(run_data(compare, tokens))
+    other, other_config = train.load_run(compare)
+    _check_fits(other, tokens, 'compare', compare)
+    runs.append(run_data(compare, tokens, other, other_config))
   data = {'labels': labels, 'T': len(tokens), 'task': config.task.name, 'runs': runs}
   path = path or os.path.join(workdir, 'explorer.html')
   # '</' cannot end the inline <script> early once escaped.
