@@ -104,6 +104,11 @@ def test_clicked_token_shows_the_model_attention_row_offline(browser, dense_run,
   labels = page.page.eval_on_selector_all('.tok b', 'els => els.map(e => e.textContent)')
   assert labels == [str(t) for t in tokens] and len(tokens) == T
   _, attns = model_attention(dense_run, tokens)
+  scores = np.concatenate([  # [L * H, 2]: prefix-matching, previous-token
+      np.stack([metrics.induction_score(A[None], tokens[None]),
+                metrics.previous_token_score(A[None])], 1) for A in attns])
+  best = divmod(int(scores[:, 0].argmax()), HEADS)  # the page opens on the best induction head
+  assert (page.page.input_value('#layer'), page.page.input_value('#head')) == tuple(map(str, best))
 
   page.page.click('.grid td >> nth=13')  # first grid, row-major: layer 1, head 5
   assert (page.page.input_value('#layer'), page.page.input_value('#head')) == ('1', '5')
@@ -116,10 +121,7 @@ def test_clicked_token_shows_the_model_attention_row_offline(browser, dense_run,
   # Thumbnail labels: prefix-matching and previous-token scores of every head, 2 decimals.
   cells = page.page.eval_on_selector_all('.grid td', 'els => els.map(e => e.textContent)')
   shown = np.array([[float(c.split()[1]), float(c.split()[-1])] for c in cells])
-  want = np.concatenate([
-      np.stack([metrics.induction_score(A[None], tokens[None]),
-                metrics.previous_token_score(A[None])], 1) for A in attns])
-  np.testing.assert_allclose(shown, want, atol=0.006)
+  np.testing.assert_allclose(shown, scores, atol=0.006)
 
   assert page.blocked == [] and page.errors == []
   assert min(page.load_s) < 1.0, page.load_s
@@ -173,6 +175,7 @@ def test_comparison_shows_both_runs_and_their_difference(browser, dense_run, tmp
   tokens, _ = explorer.task_sample(train.load_config(dense_run))
   _, dense = model_attention(dense_run, tokens)
   _, performer = model_attention(other, tokens)
+  page.page.select_option('#layer', '0')
   page.page.select_option('#head', '2')
   page.page.click('.tok[data-i="60"]')
   np.testing.assert_allclose(page.weights(0)[0], dense[0][2, 60], atol=1e-4)
@@ -186,7 +189,7 @@ def test_comparison_shows_both_runs_and_their_difference(browser, dense_run, tmp
 def test_text_maps_characters_in_order_of_first_appearance():
   tokens, labels = explorer.tokens_from_text('abcab c', vocab_size=16)
   assert tokens.tolist() == [0, 1, 2, 3, 1, 2, 4, 3]
-  assert labels == ['BOS', 'a', 'b', 'c', 'a', 'b', ' ', 'c']
+  assert labels == ['BOS', 'a', 'b', 'c', 'a', 'b', '␣', 'c']
   tokens, labels = explorer.tokens_from_text('0 5 3 5', vocab_size=16)
   assert tokens.tolist() == [0, 5, 3, 5] and labels == ['0', '5', '3', '5']
 

@@ -56,7 +56,7 @@ def tokens_from_text(text: str, vocab_size: int):
          f'{len(chars)} distinct characters, but the vocabulary has only {vocab_size - 1} ids '
          f'besides BOS')
   ids = {c: i + 1 for i, c in enumerate(chars)}
-  labels = ['BOS'] + [repr(c)[1:-1] if c.isspace() else c for c in text]
+  labels = ['BOS'] + ['␣' if c == ' ' else repr(c)[1:-1] if c.isspace() else c for c in text]
   return np.asarray([BOS] + [ids[c] for c in text], np.int32), labels
 
 

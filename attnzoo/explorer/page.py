@@ -19,11 +19,13 @@ small, .note { color: #666; font-weight: normal; }
 .tok.dark { color: #fff; }
 #rowinfo { margin-top: 6px; font-family: ui-monospace, monospace; }
 .figs { display: flex; flex-wrap: wrap; gap: 20px; }
+.col h2 { width: 0; min-width: 100%; }  /* headings wrap instead of widening the column */
 figure { margin: 0; } figcaption { font-size: 12px; color: #444; max-width: 400px; }
 canvas { image-rendering: pixelated; border: 1px solid #bbb; display: block; }
 .grid { border-collapse: collapse; margin-right: 24px; }
 .grid td { padding: 3px; text-align: center; font-size: 11px; vertical-align: top; }
-.grid td.sel canvas { outline: 3px solid #e6550d; }
+.grid td.sel { background: #fbd3bb; }
+.grid td.sel canvas { border-color: #e6550d; }
 .grid th { font-size: 12px; padding: 0 4px; }
 .grid canvas { cursor: pointer; margin: auto; }
 </style></head>
@@ -42,12 +44,14 @@ canvas { image-rendering: pixelated; border: 1px solid #bbb; display: block; }
   it<span id="legend"></span></small></h2>
 <div id="strip"></div>
 <div id="rowinfo"></div>
-<h2>Selected head <small>rows: queries, columns: keys; colour &radic;weight (white 0, navy 1);
-  click a row to pick the query</small></h2>
-<div class="figs" id="mats"></div>
-<h2>All heads <small>model's attention on this sequence; ind: prefix-matching score,
-  prev: previous-token score; click to select</small></h2>
-<div class="figs" id="grids"></div>
+<div class="figs">
+<div class="col"><h2>Selected head <small>rows: queries, columns: keys; colour &radic;weight (white 0,
+  navy 1); click a row to pick the query</small></h2>
+<div class="figs" id="mats"></div></div>
+<div class="col"><h2>All heads <small>the model's attention; ind: prefix-matching score, prev:
+  previous-token score; click to select</small></h2>
+<div class="figs" id="grids"></div></div>
+</div>
 <script id="data" type="application/json">__DATA__</script>
 <script>
 'use strict';
@@ -63,6 +67,9 @@ const runs = DATA.runs.map(r => Object.assign(r, {
   A: decode(r.attn, Uint16Array), qs: decode(r.q, Float32Array), ks: decode(r.k, Float32Array)}));
 const S = {layer: 0, head: 0, query: T - 1, teach: false, causal: runs[0].causal, temp: 1};
 const has = run => S.layer < run.L && S.head < run.H;
+runs[0].induction.forEach((scores, l) => scores.forEach((x, h) => {  // open on the best
+  if (x > runs[0].induction[S.layer][S.head]) { S.layer = l; S.head = h; }  // induction head
+}));
 
 // Row i of head (l, h): the model's effective weights or, in teaching mode,
 // softmax(q_i . k_j / sqrt(D) / temp) over keys j (only j <= i under the causal mask).
@@ -166,7 +173,7 @@ function updateStrip() {
 }
 
 function updateMats() {
-  const mats = $('mats'), size = Math.max(T, Math.min(4 * T, 360 - 360 % T));
+  const mats = $('mats'), size = Math.max(T, Math.min(6 * T, 384 - 384 % T));
   mats.replaceChildren();
   const pick = (e, cv) => { S.query = Math.min(T - 1, Math.floor(e.offsetY / cv.clientHeight * T));
                             update(); };
