@@ -186,6 +186,38 @@ def test_comparison_shows_both_runs_and_their_difference(browser, dense_run, tmp
   assert page.blocked == [] and page.errors == []
 
 
+def test_a_variant_swap_keeps_the_weights_and_shows_the_other_core(browser, dense_run, tmp_path):
+  spec = 'performer:num_features=16'
+  swapped, config = explorer.with_variant(dense_run, spec)
+  assert config.model.attention.name == 'performer'
+  assert config.model.attention.performer.num_features == 16
+  model, _ = attnzoo.load_run(dense_run)
+  for a, b in zip(model.blocks, swapped.blocks):
+    np.testing.assert_array_equal(a.attn.q_proj.kernel[...], b.attn.q_proj.kernel[...])
+  page = Page(browser, explorer.write(dense_run, compare_variant=spec,
+                                      path=str(tmp_path / 'x.html')))
+  tokens, _ = explorer.task_sample(train.load_config(dense_run))
+  _, dense = model_attention(dense_run, tokens)
+  _, approx = swapped(jnp.asarray(tokens)[None], return_attention=True)
+  page.page.select_option('#layer', '1')
+  page.page.select_option('#head', '0')
+  page.page.click('.tok[data-i="70"]')
+  np.testing.assert_allclose(page.weights(1)[0], approx[1][0, 0, 70], atol=1e-4)
+  assert np.abs(page.weights(1)[0] - dense[1][0, 70]).max() > 1e-3  # another matrix
+  page.page.select_option('#layer', '0')  # layer 0 sees the same inputs in both models, so
+  page.page.check('#teach')               # teaching mode gives both the same softmax(q.k)
+  np.testing.assert_array_equal(page.weights(1)[1], page.weights(0)[1])
+  assert page.errors == []
+
+
+def test_a_variant_that_needs_other_weights_is_refused(dense_run):
+  for spec, why in [('mqa', r'needs other weights than the run has \(blocks/0/attn/k_proj'),
+                    ('nope', "unknown variant 'nope'; known: blockwise"),
+                    ('performer:foo=1', "performer has no option 'foo'")]:
+    with pytest.raises(ValueError, match=f"compare_variant='{spec}': {why}"):
+      explorer.with_variant(dense_run, spec)
+
+
 def test_text_maps_characters_in_order_of_first_appearance():
   tokens, labels = explorer.tokens_from_text('abcab c', vocab_size=16)
   assert tokens.tolist() == [0, 1, 2, 3, 1, 2, 4, 3]

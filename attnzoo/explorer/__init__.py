@@ -21,9 +21,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from flax import nnx
 
-from attnzoo import metrics, train
+from attnzoo import attention, metrics, train
 from attnzoo.explorer.page import TEMPLATE
 from attnzoo.layers import rope
 
@@ -115,14 +117,42 @@ def _check_fits(model, tokens, field, value):
          f'{len(tokens)} tokens are longer than model.max_len={model.max_len}')
 
 
-def run_data(workdir: str, tokens, model, config):
-  """What the page needs about one run on tokens [T]: its attention, scores and raw q, k."""
+def with_variant(workdir: str, spec: str):
+  """The run's model with another attention core, spec = 'name[:option=value,...]', and its
+  config: the same trained weights, so the page shows how another mechanism (a Performer's
+  features, a Longformer's window) mixes the same q, k, v. Refused when the variant needs
+  different weights (another number of K/V heads, shared Q and K)."""
+  model, config = train.load_run(workdir)
+  name, _, options = spec.partition(':')
+  _check(name in attention.variant_names(), 'compare_variant', spec,
+         f'unknown variant {name!r}; known: {", ".join(attention.variant_names())}')
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.attention.name = name
+  for item in filter(None, options.split(',')):
+    key, _, value = item.partition('=')
+    old = config.model.attention[name].get(key)
+    _check(old is not None, 'compare_variant', spec, f'{name} has no option {key!r}')
+    config.model.attention[name][key] = (value.lower() in ('1', 'true') if isinstance(old, bool)
+                                         else type(old)(value))
+  other, _ = train.build(config)
+  want = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  have = dict(nnx.to_flat_state(nnx.state(other, nnx.Param)))
+  for key, value in want.items():
+    _check(key in have and have[key].shape == value.shape, 'compare_variant', spec,
+           f'needs other weights than the run has ({"/".join(map(str, key))})')
+  nnx.update(other, nnx.from_flat_state(want))
+  other.eval()
+  return other, config
+
+
+def run_data(name: str, tokens, model, config):
+  """What the page needs about one model on tokens [T]: its attention, scores and raw q, k."""
   t = jnp.asarray(tokens)[None]  # [1, T]
   _, attns = model(t, return_attention=True)
   A = np.stack([np.asarray(a[0], np.float32) for a in attns])  # [L, H, T, T]
   qk = raw_qk(model, t)
   return {
-      'name': os.path.basename(os.path.normpath(workdir)),
+      'name': name,
       'variant': config.model.attention.name,
       'causal': bool(model.causal),
       'L': A.shape[0], 'H': A.shape[1], 'D': qk[0][0].shape[-1],
@@ -135,11 +165,12 @@ def run_data(workdir: str, tokens, model, config):
 
 
 def write(workdir: str, tokens=None, *, text: str | None = None, compare: str | None = None,
-          path: str | None = None) -> str:
+          compare_variant: str | None = None, path: str | None = None) -> str:
   """Writes the explorer page for the run in `workdir` and returns its path.
 
   tokens [T] ints, or `text` (see `tokens_from_text`), or neither: one eval sequence of the
-  run's task. `compare`: a second run's workdir, shown side by side on the same tokens.
+  run's task. `compare`: a second run's workdir, shown side by side on the same tokens;
+  `compare_variant`: the same run with another attention core instead (see `with_variant`).
   `path` defaults to workdir/explorer.html.
   """
   model, config = train.load_run(workdir)
@@ -153,11 +184,18 @@ def write(workdir: str, tokens=None, *, text: str | None = None, compare: str | 
     labels = [str(t) for t in tokens]
   _check_fits(model, tokens, 'text' if text is not None else 'tokens',
               text if text is not None else tokens.tolist())
-  runs = [run_data(workdir, tokens, model, config)]
+  _check(compare is None or compare_variant is None, 'compare_variant', compare_variant,
+         'give compare or compare_variant, not both')
+  name = os.path.basename(os.path.normpath(workdir))
+  runs = [run_data(name, tokens, model, config)]
   if compare is not None:
     other, other_config = train.load_run(compare)
     _check_fits(other, tokens, 'compare', compare)
-    runs.append(run_data(compare, tokens, other, other_config))
+    runs.append(run_data(os.path.basename(os.path.normpath(compare)), tokens, other,
+                         other_config))
+  if compare_variant is not None:
+    other, other_config = with_variant(workdir, compare_variant)
+    runs.append(run_data(f'{name} as {compare_variant}', tokens, other, other_config))
   data = {'labels': labels, 'T': len(tokens), 'task': config.task.name, 'runs': runs}
   path = path or os.path.join(workdir, 'explorer.html')
   # '</' cannot end the inline <script> early once escaped.

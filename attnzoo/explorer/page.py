@@ -130,7 +130,7 @@ function figure(parent, caption, draw, onclick) {
   return fig;
 }
 
-const runName = r => `${r.name} (${r.variant})`;
+const runName = r => r.name.includes(r.variant) ? r.name : `${r.name} (${r.variant})`;
 $('meta').textContent = `${runName(runs[0])}, task ${DATA.task}, ${T} tokens, ` +
   `${runs[0].L} layers × ${runs[0].H} heads` + (runs[1] ? `; compared with ${runName(runs[1])}` : '');
 if (runs[1]) $('legend').textContent = `; top: ${runs[0].name}, below the dashes: ${runs[1].name}`;
