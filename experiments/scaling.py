@@ -6,7 +6,7 @@
   python experiments/scaling.py --workdir=runs/scaling --report_only   # rebuild the report
 
 Writes scaling.jsonl (one line per measured point; a rerun skips points already there),
-scaling.md (time and memory ratios to dense, log–log slopes, crossover lengths) and scaling.png.
+report.md (time and memory ratios to dense, log–log slopes, crossover lengths) and scaling.png.
 Settings: configs/scaling.py (`config.study.*`).
 """
 import os
@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs',
                            'scaling.py'), 'Study config file[:preset].', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for scaling.jsonl, scaling.md and scaling.png.')
+flags.DEFINE_string('workdir', None, 'Directory for scaling.jsonl, report.md and scaling.png.')
 flags.DEFINE_bool('report_only', False, 'Only rebuild the report from scaling.jsonl.')
 flags.mark_flags_as_required(['workdir'])
 

@@ -13,7 +13,7 @@ These are micro-programs, not training runs: each point is appended to `scaling.
 it is measured and points already there are skipped, so an interrupted run resumes. A point whose
 compiled peak exceeds the memory limit is recorded as `oom` without running; once a variant runs
 out of memory or one step exceeds the time budget, its larger lengths are skipped. The report
-(`scaling.md`, `scaling.png`) is built from `scaling.jsonl` alone.
+(`report.md`, `scaling.png`) is built from `scaling.jsonl` alone.
 """
 from attnzoo.studies.scaling.measure import POINTS, check, default_variants, run
 from attnzoo.studies.scaling.report import (PLOT, REFERENCE, REPORT, crossover, loglog_slope,

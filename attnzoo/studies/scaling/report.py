@@ -13,7 +13,7 @@ from attnzoo import jsonl
 from attnzoo.studies import common
 from attnzoo.studies.scaling.measure import POINTS
 
-REPORT = 'scaling.md'
+REPORT = 'report.md'
 PLOT = 'scaling.png'
 REFERENCE = 'dense'  # ratios and crossovers are against it, measured in the same run
 
@@ -93,7 +93,7 @@ def _table(s, key: str, ref_values, scale: float, spec: str, slope: str) -> list
 
 
 def report(workdir: str) -> str:
-  """Writes scaling.md and scaling.png from workdir/scaling.jsonl; returns the Markdown."""
+  """Writes report.md and scaling.png from workdir/scaling.jsonl; returns the Markdown."""
   records = jsonl.read(os.path.join(workdir, POINTS))
   if not records:
     raise ValueError(f'workdir={workdir!r}: no measurements in {POINTS}; run without '
