@@ -8,12 +8,15 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 import attnzoo
-from attnzoo import train
+from attnzoo import tasks, train
+from attnzoo.model import Decoder
 from attnzoo.studies import induction
-from attnzoo.studies.induction import analysis, plan
+from attnzoo.studies.induction import analysis, circuit, plan
 from helpers import ROOT, load_config
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'attention.npz', 'checkpoints')
@@ -167,3 +170,79 @@ def test_a_user_error_is_one_line(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().startswith('error: ') and 'causal+smear' in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
+
+
+# ---- path-specific ablations on a hand-built induction circuit ---------------------------------
+
+V, T = 16, 24
+TOK, POS, PREV, OUT = 0, V, V + T, 2 * V + T  # residual subspaces (one-hot codes)
+D_MODEL = 3 * V + T
+
+
+def hand_built_circuit():
+  """A 2-layer, 1-head-per-layer attention-only Decoder wired by hand (Elhage et al. 2021):
+  layer 1 attends from position i to i-1 and writes that token into a PREV subspace; layer 2
+  queries with the current token, keys on PREV (K-composition) and copies the key's token into
+  an OUT subspace, which the unembedding reads."""
+  cfg = load_config('induction_heads').model
+  cfg.update(vocab_size=V, max_len=T, d_model=D_MODEL, num_heads=1, num_kv_heads=1,
+             num_layers=2)
+  model = Decoder(cfg, rngs=nnx.Rngs(0))
+
+  def eye(rows, cols, n, scale=1.0, shift=0, shape=(D_MODEL, D_MODEL)):
+    W = np.zeros(shape, np.float32)
+    for i in range(n - shift):
+      W[rows + i, cols + i + shift] = scale
+    return jnp.asarray(W)
+
+  model.embed.embedding[...] = eye(0, TOK, V, shape=(V, D_MODEL))
+  model.pos[...] = eye(0, POS, T, shape=(T, D_MODEL))
+  a1, a2 = model.blocks[0].attn, model.blocks[1].attn
+  a1.q_proj.kernel[...] = eye(POS, 0, T, 3.0)  # query: own position i
+  a1.k_proj.kernel[...] = eye(POS, 0, T, 3.0, shift=1)  # key j carries j + 1: i attends i - 1
+  a1.v_proj.kernel[...] = eye(TOK, 0, V)
+  a1.o_proj.kernel[...] = eye(0, PREV, V, 0.2)
+  a2.q_proj.kernel[...] = eye(TOK, 0, V, 3.0)  # query: the current token
+  a2.k_proj.kernel[...] = eye(PREV, 0, V, 3.0)  # key: the token before the key
+  a2.v_proj.kernel[...] = eye(TOK, 0, V)  # value: the key's own token (the next one)
+  a2.o_proj.kernel[...] = eye(0, OUT, V, 0.2)
+  model.head.kernel[...] = eye(OUT, 0, V, 10.0, shape=(D_MODEL, V))
+  model.eval()
+  return model
+
+
+def circuit_batch():
+  return tasks.induction(np.random.default_rng(0), batch_size=8, seq_len=T, vocab_size=V,
+                         min_period=3, max_period=8)
+
+
+def repeat_loss(logits, batch):
+  xent = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(batch['targets']))
+  return float((xent * batch['mask_repeat']).sum() / batch['mask_repeat'].sum())
+
+
+def test_path_forward_without_ablation_is_the_models_forward_exactly():
+  x = jnp.asarray(circuit_batch()['inputs'])
+  random_init = Decoder(train.model_config(tiny_config()), rngs=nnx.Rngs(3))  # GQA, V = 16
+  for model in (hand_built_circuit(), random_init):
+    logits, attns = model(x, return_attention=True)
+    got, got_attns = circuit.forward(model, x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(logits))
+    for a, b in zip(got_attns, attns):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('mode', circuit.MODES)
+def test_removing_layer1_from_layer2_keys_breaks_the_circuit_but_not_values(mode):
+  model, batch = hand_built_circuit(), circuit_batch()
+  x = jnp.asarray(batch['inputs'])
+  clean = repeat_loss(circuit.forward(model, x)[0], batch)
+  loss = {kind: repeat_loss(circuit.forward(model, x, paths=[(0, 1, kind)], mode=mode)[0],
+                            batch) for kind in circuit.INPUTS}
+  assert clean < 0.2
+  assert loss['k'] > 2.0  # the layer-2 head no longer finds the key after the earlier copy
+  assert loss['q'] < clean + 0.1 and loss['v'] < clean + 0.2
+  # Removing the previous-token head itself breaks it too; a path that does not exist is refused.
+  assert repeat_loss(circuit.forward(model, x, heads=[(0, 0)], mode=mode)[0], batch) > 2.0
+  with pytest.raises(ValueError, match='path'):
+    circuit.forward(model, x, paths=[(1, 0, 'k')])
