@@ -31,4 +31,11 @@ def get_config():
   c.study.stripe_len = 28  # probe length L (T = 2L + 1); training periods are 8-24
   c.study.score_batch = 16  # sequences the per-head scores are computed on
   c.study.variant = ''  # set per run
+  # Generalisation, measured at the end: task sequences at long_factor x the training length
+  # (training periods, and heldout_periods), `[BOS] + r + r` probes of each of probe_lens.
+  # Lengths a model cannot take (learned positions beyond model.max_len) are left out.
+  c.study.long_factor = 2
+  c.study.heldout_periods = (30, 60)
+  c.study.probe_lens = (8, 16, 24, 28, 30, 40, 50, 60)
+  c.study.generalisation_batch = 32
   return c

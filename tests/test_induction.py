@@ -82,16 +82,21 @@ def test_phase_change_finds_the_drop_and_the_score_rise():
 
 
 def test_checks_of_a_variant_pair():
+  mean = lambda name, loss, heads=(), **kw: {'ablated': name, 'mode': 'mean', 'heads': list(heads),
+                                            'loss_repeat': loss, **kw}
   two = {'repeat_loss': 0.05, 'max_stripe': 0.8, 'max_previous_token': 0.2,
          'phase': {'jump': {'drop': 2.5, 'fraction': 0.15, 'score': [0.05, 0.8]}},
-         'ablations': [{'ablated': 'previous_token', 'loss_repeat': 0.4},
-                       {'ablated': 'random', 'loss_repeat': 0.2},
-                       {'ablated': 'previous_token_heads', 'loss_repeat': 5.0,
-                        'max_induction': 0.1}]}
+         'final_scores': {'previous_token': [[0.1, 0.2, 0.05, 0.0]]}, 'random_head': [0, 3],
+         'ablations': [mean('path_q', 0.1), mean('path_k', 6.0), mean('path_v', 0.6),
+                       mean('head', 0.4, [[0, 1]]), mean('head', 0.2, [[0, 3]]),
+                       mean('previous_token_heads', 5.0, [[0, 0], [0, 1]], max_induction=0.1),
+                       mean('induction_heads', 0.9, [[1, 2]])]}
   one = {'repeat_loss': 2.7, 'max_stripe': 0.04}
   c = analysis.checks(two, one)
   assert set(c) == {key for key, _ in analysis.CHECKS}
-  assert [key for key, ok in c.items() if not ok] == ['ablation']
+  assert [key for key, ok in c.items() if not ok] == ['path_qv', 'induction_group']
+  two['random_head'] = [0, 1]  # the control must be another head: no verdict
+  assert analysis.checks(two, one)['prev_single'] is None
   assert set(analysis.checks(None, one).values()) == {None, True}
 
 
@@ -123,15 +128,19 @@ def test_tiny_end_to_end_writes_everything_and_rebuilds_from_files(tmp_path, mon
     assert np.asarray(rows[-1]['induction']).shape == (layers, 4)
     attn = np.load(os.path.join(workdir, run, 'attention.npz'))
     assert attn['probe_attention'].shape == (layers, 4, 25, 25)
-  outputs = ('report.md', 'report.json', 'curves.png',
+  outputs = ('report.md', 'report.json', 'curves.png', 'generalisation.png',
              'attention_causal_model.num_layers-2.png', 'attention_causal_model.smear_keys-True.png')
   for name in outputs:
     assert os.path.isfile(os.path.join(workdir, name)), name
   report = json.load(open(os.path.join(workdir, 'report.json')))
   assert [(r['variant'], r['layers']) for r in report['rows']] == [
       ('causal:model.num_layers=2', 2), ('causal:model.smear_keys=True', 1)]
-  ablated = [a['ablated'] for a in report['rows'][0]['ablations']]
-  assert ablated[:3] == ['previous_token', 'induction', 'random']
+  ablated = [(a['ablated'], a['mode']) for a in report['rows'][0]['ablations']]
+  assert ablated[:3] == [('path_q', 'mean'), ('path_k', 'mean'), ('path_v', 'mean')]
+  assert ablated.count(('head', 'zero')) == 2 * 4 and ('path_k', 'zero') in ablated
+  gen = report['rows'][0]['generalisation']  # learned positions: only lengths <= max_len = 32
+  assert [t['seq_len'] for t in gen['task']] == [32]
+  assert [p['length'] for p in gen['probe']] == [8]
   assert '| causal:model.smear_keys=True | 1 |' in text
 
   # Every run is a training run: load_run restores it, and its eval loss is the logged one.

@@ -5,11 +5,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from attnzoo.studies.induction.hooks import PREV_HEAD
+from attnzoo.studies.induction.hooks import IND_HEAD, PREV_HEAD
 
 # Verdict thresholds (stated in the report).
 FORMED_LOSS = 0.5  # final repeat loss below this (nats) ...
-FORMED_SCORE = 0.3  # ... and a head with induction or near-stripe score above this
+FORMED_SCORE = IND_HEAD  # ... and a head with induction or near-stripe score above this
 # A 1-layer model reaches about ln(period) ~ 2.5 nats on the repeat by predicting "one of the
 # tokens seen so far"; below this it copies at least partly.
 PARTIAL_LOSS = 1.5
@@ -23,11 +23,16 @@ CHECKS = (
     ('prev_2l', 'best layer-1 previous-token score > 0.15'),
     ('control_loss', '1-layer control repeat loss > 1.5 nats'),
     ('control_stripe', '1-layer control best stripe score < 0.15'),
-    ('ablation', 'ablating the best layer-1 previous-token head raises repeat loss > 1 nat'),
-    ('ablation_random', '... by more than ablating a random other layer-1 head'),
-    ('ablation_group', f'ablating every layer-1 previous-token head (score > {PREV_HEAD}) raises '
-                       'repeat loss > 1 nat and leaves no layer-2 head with induction score > '
-                       f'{FORMED_SCORE}'),
+    ('path_k', 'mean-ablating layer-1 output in layer-2\'s key input raises repeat loss > 1 nat '
+               '(K-composition)'),
+    ('path_qv', '... in its query input and in its value input: < 0.5 nats each'),
+    ('prev_group', f'mean-ablating every layer-1 previous-token head (score > {PREV_HEAD}) '
+                   'raises repeat loss > 1 nat and leaves no layer-2 head with induction score '
+                   f'> {IND_HEAD}'),
+    ('prev_single', 'mean-ablating the best layer-1 previous-token head raises repeat loss more '
+                    'than mean-ablating a random other layer-1 head (control)'),
+    ('induction_group', f'mean-ablating every layer-2 head with induction score > {IND_HEAD} '
+                        'raises repeat loss > 1 nat'),
 )
 
 
@@ -94,6 +99,9 @@ def analyze(run: dict) -> dict:
       'phase': phase_change([r['step'] for r in evals], [r['loss_repeat'] for r in evals],
                             [float(np.max(r['induction'])) for r in score_rows], num_steps),
       'ablations': study['ablations'], 'stripe_len': study['stripe_len'],
+      'final_scores': final, 'random_head': study['random_head'],
+      'generalisation': study['generalisation'], 'seed': cfg['seed'],
+      'd_model': cfg['model']['d_model'], 'phase_step': phase_step(run), '_evals': evals,
       'chance_induction': study['chance_induction'],
   }
   # Modal argmax distance of the best near-stripe head of the last layer (induction: L-1).
@@ -103,29 +111,53 @@ def analyze(run: dict) -> dict:
   return row
 
 
+def ablation(row: dict, name: str, mode: str = 'mean', heads=None) -> dict | None:
+  """The ablation `name` (and `heads`, for single heads) of a row, or None."""
+  for a in row['ablations']:
+    if a['ablated'] == name and a['mode'] == mode and (heads is None or a['heads'] == heads):
+      return a
+  return None
+
+
+def rise(row: dict, name: str, mode: str = 'mean', heads=None) -> float | None:
+  """How much an ablation raises the repeat loss (nats)."""
+  a = ablation(row, name, mode, heads)
+  return None if a is None else a['loss_repeat'] - row['repeat_loss']
+
+
 def checks(two: dict | None, one: dict | None) -> dict[str, bool | None]:
-  """CHECKS for a variant's 2-layer and 1-layer rows (None where a row is missing)."""
+  """CHECKS for a variant's 2-layer and 1-layer rows (None where a row or ablation is missing)."""
   out: dict[str, bool | None] = {key: None for key, _ in CHECKS}
+  compare = lambda x, f: None if x is None else bool(f(x))
   if two is not None:
     jump = two['phase']['jump']
-    ablated = {a['ablated']: a for a in two['ablations']}
+    q, k, v = (rise(two, f'path_{kind}') for kind in 'qkv')
+    best_prev = [0, int(np.argmax(two['final_scores']['previous_token'][0]))]
+    single = rise(two, 'head', heads=[best_prev])
+    control = rise(two, 'head', heads=[two['random_head']])
+    group = ablation(two, 'previous_token_heads')
     out |= {
         'repeat_loss_2l': two['repeat_loss'] < 0.1,
         'jump': jump['drop'] >= 2.0 and jump['fraction'] <= 0.2,
         'score_rises': jump['score'][1] - jump['score'][0] >= 0.3,
         'stripe_2l': two['max_stripe'] > 0.5,
         'prev_2l': two['max_previous_token'] > 0.15,
+        'path_k': compare(k, lambda x: x > 1.0),
+        'path_qv': None if q is None else q < 0.5 and v < 0.5,
+        'prev_group': None if group is None else bool(
+            group['loss_repeat'] - two['repeat_loss'] > 1.0 and group['max_induction'] <= IND_HEAD),
+        'prev_single': None if single is None or best_prev == two['random_head'] else single > control,
+        'induction_group': compare(rise(two, 'induction_heads'), lambda x: x > 1.0),
     }
-    if 'previous_token' in ablated:
-      out['ablation'] = ablated['previous_token']['loss_repeat'] - two['repeat_loss'] > 1.0
-      if 'random' in ablated:
-        out['ablation_random'] = (ablated['previous_token']['loss_repeat']
-                                  > ablated['random']['loss_repeat'])
-    if 'previous_token_heads' in ablated:
-      a = ablated['previous_token_heads']
-      out['ablation_group'] = (a['loss_repeat'] - two['repeat_loss'] > 1.0
-                               and a['max_induction'] <= FORMED_SCORE)
   if one is not None:
     out['control_loss'] = one['repeat_loss'] > 1.5
     out['control_stripe'] = one['max_stripe'] < 0.15
   return out
+
+
+PHASE_LOSS = 1.0  # the phase-change step: the first eval with repeat loss below this (nats)
+
+
+def phase_step(run: dict) -> int | None:
+  """The first eval step with repeat loss < PHASE_LOSS (None if never)."""
+  return next((r['step'] for r in run['rows']['eval'] if r['loss_repeat'] < PHASE_LOSS), None)

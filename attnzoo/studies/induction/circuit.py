@@ -14,17 +14,20 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnzoo import attention
 from attnzoo.layers import rope
 
 INPUTS = ('q', 'k', 'v')
-MODES = ('zero', 'mean')
+MODES = ('mean', 'zero')
 
 
-def _removed(x, mode: str):
-  """What a removed signal x [B, T, ...] is replaced by."""
-  return jnp.zeros_like(x) if mode == 'zero' else jnp.broadcast_to(x.mean(0), x.shape)
+def _keep(x, keep, mode: str):
+  """x [B, T, ...] where keep (a 0/1 scalar) is 1, else its replacement: zero or its mean over
+  the batch at each position. keep == 1 returns x exactly."""
+  removed = 0.0 if mode == 'zero' else jnp.broadcast_to(x.mean(0), x.shape)
+  return keep * x + (1 - keep) * removed
 
 
 def _attend(attn, xq, xk, xv, causal: bool):
@@ -51,22 +54,37 @@ def _attend(attn, xq, xk, xv, causal: bool):
   return z, attn.core.attention_matrix(q, k, v, causal=causal)
 
 
-def forward(model, tokens, *, paths: Sequence[tuple[int, int, str]] = (),
-            heads: Sequence[tuple[int, int]] = (), mode: str = 'zero'):
-  """tokens [B, T] -> (logits [B, T, V], [A [B, H, T, T] per layer]).
+def masks(model, paths: Sequence[tuple[int, int, str]] = (),
+          heads: Sequence[tuple[int, int]] = ()):
+  """(paths, heads) as `forward_masked`'s keep_paths [L, L, 3] and keep_heads [L, H] (1 = kept).
 
   paths: (src, dst, input) triples, 0-based layers src < dst, input in 'q' | 'k' | 'v': block
   src's attention output is removed from that input of block dst only. heads: (layer, head)
   pairs whose output (before o_proj) is removed everywhere downstream."""
-  attention.base.check(mode in MODES, 'mode', mode, f'expected one of {MODES}')
-  L = len(model.blocks)
+  L, H = len(model.blocks), model.blocks[0].attn.num_heads
+  keep_paths, keep_heads = np.ones((L, L, len(INPUTS)), np.float32), np.ones((L, H), np.float32)
   for src, dst, kind in paths:
     attention.base.check(0 <= src < dst < L and kind in INPUTS, 'path', (src, dst, kind),
                          f'expected (src, dst, input) with 0 <= src < dst < {L}, input in '
                          f'{INPUTS}')
+    keep_paths[src, dst, INPUTS.index(kind)] = 0.0
   for layer, head in heads:
-    attention.base.check(0 <= layer < L and 0 <= head < model.blocks[layer].attn.num_heads,
-                         'head', (layer, head), f'outside the model\'s {L} layers and heads')
+    attention.base.check(0 <= layer < L and 0 <= head < H, 'head', (layer, head),
+                         f'outside the model\'s {L} layers of {H} heads')
+    keep_heads[layer, head] = 0.0
+  return keep_paths, keep_heads
+
+
+def forward(model, tokens, *, paths=(), heads=(), mode: str = 'zero'):
+  """tokens [B, T] -> (logits [B, T, V], [A [B, H, T, T] per layer]) with `paths` and `heads`
+  (see `masks`) removed."""
+  return forward_masked(model, tokens, *masks(model, paths, heads), mode=mode)
+
+
+def forward_masked(model, tokens, keep_paths, keep_heads, *, mode: str = 'zero'):
+  """`forward` with the ablations as arrays (so one compiled program serves them all):
+  keep_paths [L, L, 3] (src, dst, q|k|v), keep_heads [L, H]; 1 keeps, 0 removes."""
+  attention.base.check(mode in MODES, 'mode', mode, f'expected one of {MODES}')
   for block in model.blocks:
     attention.base.check(block.mlp is None and block.cross is None, 'model', 'with MLP or '
                          'cross-attention', 'path ablations need an attention-only decoder')
@@ -77,16 +95,14 @@ def forward(model, tokens, *, paths: Sequence[tuple[int, int, str]] = (),
   def stream(dst, kind):
     x = x0
     for src, y in enumerate(outs):  # added in the model's order, so the sums are identical
-      x = x + (_removed(y, mode) if (src, dst, kind) in paths else y)
+      x = x + _keep(y, keep_paths[src, dst, kind], mode)
     return x
 
   attns = []
   for i, block in enumerate(model.blocks):
-    xs = [block.norm1(stream(i, kind)) for kind in INPUTS]
+    xs = [block.norm1(stream(i, kind)) for kind in range(len(INPUTS))]
     z, A = _attend(block.attn, *xs, causal=model.causal)  # z [B, T, H, D]
-    for layer, head in heads:
-      if layer == i:
-        z = z.at[:, :, head].set(_removed(z[:, :, head], mode))
+    z = _keep(z, keep_heads[i][None, None, :, None], mode)
     outs.append(block.attn.o_proj(z.reshape(B, T, -1)))
     attns.append(A)
   x = x0

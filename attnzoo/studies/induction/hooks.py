@@ -11,20 +11,25 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
-from attnzoo import metrics, train
+from attnzoo import metrics, tasks, train
+from attnzoo.studies.induction import circuit
 
 ATTENTION = 'attention.npz'
 # A layer-1 head counts as a previous-token head above this score (uniform causal attention
 # scores mean_i 1/(i+1), about 0.06 at T=64).
 PREV_HEAD = 0.1
+# A head counts as an induction head above this induction score.
+IND_HEAD = 0.3
 
 
 def head_scores(attns, task_tokens, probe_attns, stripe_len: int):
@@ -62,8 +67,8 @@ class Scores:
     self.t0 = time.perf_counter()  # the hooks are made just before the run starts
 
   def _compiled(self, graphdef):
-    """Jitted (state, head_mask [L, H]) -> scores, histograms, first sequences' attention, and
-    (state, batch, head_mask) -> eval losses, both with the heads of head_mask zeroed."""
+    """Jitted functions of the state: scores of the model as it is; eval losses and scores of
+    a `circuit.forward_masked` ablation; logits."""
     if self._fns is None:
       task, probe = jnp.asarray(self.task_tokens), jnp.asarray(self.probe_tokens)
 
@@ -72,65 +77,122 @@ class Scores:
         model.eval()
         return model
 
-      @jax.jit
-      def scores(state, head_mask):
-        model = model_of(state)
-        _, a_task = model(task, return_attention=True, head_mask=head_mask)
-        _, a_probe = model(probe, return_attention=True, head_mask=head_mask)
+      def scores_of(a_task, a_probe):
         sc, hists = head_scores(a_task, task, a_probe, self.stripe_len)
         first = lambda attns: jnp.stack([a[0] for a in attns])  # [L, H, T, T]
         return sc, hists, first(a_task), first(a_probe)
 
       @jax.jit
-      def losses(state, batch, head_mask):
+      def scores(state):
         model = model_of(state)
-        return train.metrics_of(lambda x, **kw: model(x, head_mask=head_mask, **kw), batch)
+        return scores_of(model(task, return_attention=True)[1],
+                         model(probe, return_attention=True)[1])
 
-      self._fns = scores, losses
+      @functools.partial(jax.jit, static_argnames='mode')
+      def ablated_scores(state, keep_paths, keep_heads, mode):
+        model = model_of(state)
+        run = lambda x: circuit.forward_masked(model, x, keep_paths, keep_heads, mode=mode)[1]
+        return scores_of(run(task), run(probe))[0]
+
+      @functools.partial(jax.jit, static_argnames='mode')
+      def ablated_losses(state, batch, keep_paths, keep_heads, mode):
+        model = model_of(state)
+        return train.metrics_of(lambda x, **kw: circuit.forward_masked(
+            model, x, keep_paths, keep_heads, mode=mode)[0], batch)
+
+      @jax.jit
+      def logits(state, tokens):
+        return model_of(state)(tokens)
+
+      self._fns = scores, ablated_scores, ablated_losses, logits
     return self._fns
 
   def every_eval(self, run, step):
     del step
-    scores, *_ = self._compiled(run.graphdef)[0](run.state, np.ones((self.L, self.H), np.float32))
-    return _tolist(scores)
+    return _tolist(self._compiled(run.graphdef)[0](run.state)[0])
 
-  def _ablated(self, run, head_mask):
-    """Eval losses (averaged over the eval batches, as the loop does) and scores."""
-    scores_fn, losses_fn = self._compiled(run.graphdef)
+  def _ablated(self, run, model, mode, paths=(), heads=()):
+    """Eval losses (averaged over the eval batches, as the loop does) and the best last-layer
+    scores with `paths` and `heads` removed (`circuit.masks`)."""
+    _, scores_fn, losses_fn, _ = self._compiled(run.graphdef)
+    keep = circuit.masks(model, paths, heads)
     batches = run.eval_batches()
     ev = {}
     for b in batches:
-      for k, v in jax.device_get(losses_fn(run.state, train.device_batch(b, run.sharding), head_mask)).items():
+      out = losses_fn(run.state, train.device_batch(b, run.sharding), *keep, mode=mode)
+      for k, v in jax.device_get(out).items():
         ev[k] = ev.get(k, 0.0) + float(v) / len(batches)
-    return ev, jax.device_get(scores_fn(run.state, head_mask)[0])
+    sc = jax.device_get(scores_fn(run.state, *keep, mode=mode))
+    return {'mode': mode, 'paths': [list(p) for p in paths], 'heads': [list(h) for h in heads],
+            **ev, **{f'max_{k}': float(np.max(v[-1])) for k, v in sc.items()}}
+
+  def ablations(self, run, sc) -> list[dict]:
+    """Path ablations (every earlier layer's output out of the last layer's q, k or v input),
+    every single head, and the groups of previous-token and induction heads; each with mean-
+    and zero-ablation."""
+    L, H = self.L, self.H
+    model = run.model()
+    ind, prev = np.asarray(sc['induction']), np.asarray(sc['previous_token'])
+    groups = {'induction_heads': [(L - 1, h) for h in range(H) if ind[L - 1, h] > IND_HEAD]}
+    if L >= 2:  # the previous-token function may be spread over several heads
+      groups['previous_token_heads'] = [(0, h) for h in range(H) if prev[0, h] > PREV_HEAD]
+    out = []
+    for mode in circuit.MODES:
+      if L >= 2:
+        for kind in circuit.INPUTS:
+          paths = [(src, L - 1, kind) for src in range(L - 1)]
+          out.append({'ablated': f'path_{kind}', **self._ablated(run, model, mode, paths)})
+      for layer in range(L):
+        for head in range(H):
+          out.append({'ablated': 'head', **self._ablated(run, model, mode, heads=[(layer, head)])})
+      for name, heads in groups.items():
+        if heads:
+          out.append({'ablated': name, **self._ablated(run, model, mode, heads=heads)})
+    return out
+
+  def generalisation(self, run) -> dict:
+    """Loss on the predictable tokens (those whose input token occurred before) in and out of
+    the training distribution: task sequences at the training length, at study.long_factor x
+    it with the training periods and with study.heldout_periods, and `[BOS] + r + r` probes of
+    each length in study.probe_lens; each with its loss by position. Lengths the model cannot
+    take (learned positions beyond max_len) are left out."""
+    config, s = run.config, run.config.study
+    logits_fn = self._compiled(run.graphdef)[3]
+    max_len, V = train.model_config(config).max_len, config.task.vocab_size
+    rng = np.random.default_rng([config.seed, 11])
+
+    def loss(tokens, targets, mask):
+      logits = logits_fn(run.state, jnp.asarray(tokens))
+      xent = np.asarray(optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), jnp.asarray(targets)))
+      n = mask.sum(0)
+      return {'loss': float((xent * mask).sum() / mask.sum()),
+              'by_position': [float(x) if c else None for x, c in
+                              zip((xent * mask).sum(0) / np.maximum(n, 1), n)]}
+
+    out = {'task': [], 'probe': []}
+    T, lo, hi = config.task.seq_len, config.task.min_period, config.task.max_period
+    for length, (a, b) in ((T, (lo, hi)), (s.long_factor * T, (lo, hi)),
+                           (s.long_factor * T, tuple(s.heldout_periods))):
+      if length > max_len or b >= V or 2 * b > length:
+        continue
+      batch = tasks.induction(rng, batch_size=s.generalisation_batch, seq_len=length,
+                              vocab_size=V, min_period=a, max_period=b)
+      idx = np.arange(length)[None]
+      mask = (idx > batch['periods'][:, None]).astype(np.float32)  # input seen one period ago
+      out['task'].append({'seq_len': length, 'periods': [a, b],
+                          **loss(batch['inputs'], batch['targets'], mask)})
+    for n in s.probe_lens:
+      if 2 * n + 1 > max_len or n >= V:
+        continue
+      seqs = metrics.repeated_tokens(rng, s.generalisation_batch, n, V)
+      idx = np.arange(2 * n)[None]
+      mask = np.broadcast_to((idx > n) & (idx < 2 * n), (len(seqs), 2 * n)).astype(np.float32)
+      out['probe'].append({'length': n, **loss(seqs[:, :-1], seqs[:, 1:], mask)})
+    return out
 
   def at_end(self, run):
-    L, H = self.L, self.H
-    ones = np.ones((L, H), np.float32)
-    sc, hists, task_maps, probe_maps = jax.device_get(
-        self._compiled(run.graphdef)[0](run.state, ones))
-    ind, prev = np.asarray(sc['induction']), np.asarray(sc['previous_token'])
-    targets = {}  # kind -> heads [(layer, head)] zeroed together
-    if L >= 2:
-      targets['previous_token'] = [(0, int(prev[0].argmax()))]
-    targets['induction'] = [(L - 1, int(ind[L - 1].argmax()))]
-    # Baseline: a random other head of the same layer as the first target.
-    layer = next(iter(targets.values()))[0][0]
-    chosen = [h for heads in targets.values() for h in heads]
-    others = [h for h in range(H) if (layer, h) not in chosen]
-    if others:
-      targets['random'] = [(layer, int(np.random.default_rng(self.seed).choice(others)))]
-    if L >= 2:  # the previous-token function may be spread over several heads
-      targets['previous_token_heads'] = [(0, h) for h in range(H) if prev[0, h] > PREV_HEAD]
-    ablations = []
-    for kind, heads in targets.items():
-      if not heads:
-        continue
-      mask = ones.copy()
-      mask[tuple(np.array(heads).T)] = 0.0
-      ev, sc_a = self._ablated(run, mask)
-      ablations.append({'ablated': kind, 'heads': heads, **ev,
-                        **{f'max_{k}': float(np.max(v[-1])) for k, v in sc_a.items()}})
+    sc, hists, task_maps, probe_maps = jax.device_get(self._compiled(run.graphdef)[0](run.state))
     np.savez_compressed(os.path.join(run.workdir, ATTENTION), probe_tokens=self.probe_tokens[0],
                         probe_attention=np.asarray(probe_maps, np.float32),
                         task_tokens=self.task_tokens[0],
@@ -138,11 +200,15 @@ class Scores:
     B, T = self.task_tokens.shape
     causal = np.tril(np.ones((T, T), np.float32))
     uniform = np.broadcast_to(causal / causal.sum(-1, keepdims=True), (B, 1, T, T))
+    others = [h for h in range(self.H) if self.L < 2 or h != int(np.argmax(sc['previous_token'][0]))]
     return {'final_scores': _tolist(sc), 'argmax_offsets': np.asarray(hists).round(4).tolist(),
-            'ablations': ablations, 'stripe_len': self.stripe_len,
+            'ablations': self.ablations(run, sc), 'generalisation': self.generalisation(run),
+            # the control of single-head ablations: a random other head of layer 1
+            'random_head': [0, int(np.random.default_rng(self.seed).choice(others))],
+            'stripe_len': self.stripe_len,
+            # the induction score of uniform causal attention on the same sequences
+            'chance_induction': float(metrics.induction_score(uniform, self.task_tokens)[0]),
             # above the core count the CPU was shared and wall times are inflated
             'load_avg_1min': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
             'cpu_count': os.cpu_count(),
-            'run_s': time.perf_counter() - self.t0,  # of this process, compiles included
-            # the induction score of uniform causal attention on the same sequences
-            'chance_induction': float(metrics.induction_score(uniform, self.task_tokens)[0])}
+            'run_s': time.perf_counter() - self.t0}  # of this process, compiles included

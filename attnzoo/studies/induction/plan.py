@@ -66,13 +66,24 @@ def run_name(spec: common.Spec, layers: int) -> str:
 
 def make_plan(config: ml_collections.ConfigDict,
               specs: Sequence[common.Spec]) -> dict[str, ml_collections.ConfigDict]:
-  """{run name: config}; each run's `study.variant` names its spec."""
+  """{run name: config}; each run's `study.variant` names its spec. `study.widths` and
+  `study.seeds`, when given, multiply the runs (names get `-d<width>` and `-s<seed>`)."""
+  widths, seeds = tuple(config.study.get('widths', ())), tuple(config.study.get('seeds', ()))
   plan = {}
   for spec in specs:
     for layers in depths(spec, config):
-      c = common.with_spec(config, spec)
-      c.model.num_layers = layers
-      del c.study['variants']  # the list of the others: not this run's business
-      c.study.variant = spec.label
-      plan[run_name(spec, layers)] = c
+      for width in widths or (None,):
+        for seed in seeds or (None,):
+          c = common.with_spec(config, spec)
+          c.model.num_layers = layers
+          name = run_name(spec, layers)
+          if width is not None:
+            c.model.d_model, name = width, f'{name}-d{width}'
+          if seed is not None:
+            c.seed, name = seed, f'{name}-s{seed}'
+          for key in ('variants', 'widths', 'seeds'):  # the plan's business, not the run's
+            if key in c.study:
+              del c.study[key]
+          c.study.variant = spec.label
+          plan[name] = c
   return plan

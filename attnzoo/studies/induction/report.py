@@ -35,7 +35,7 @@ def load_rows(workdir: str):
   path = os.path.join(workdir, VARIANTS)
   order = json.load(open(path)) if os.path.exists(path) else []
   rank = lambda row: (order.index(row['variant']) if row['variant'] in order else len(order),
-                      row['variant'], -row['layers'])
+                      row['variant'], -row['layers'], row['d_model'], row['seed'])
   return sorted((analysis.analyze(r) for r in runs.values()), key=rank), runs, failed
 
 
@@ -44,8 +44,8 @@ def report(workdir: str) -> str:
   Markdown."""
   rows, runs, failed = load_rows(workdir)
   by_variant: dict[str, dict[int, dict]] = {}
-  for row in rows:
-    by_variant.setdefault(row['variant'], {})[row['layers']] = row
+  for row in rows:  # a variant's runs of one width and seed, by depth
+    by_variant.setdefault(row['run'].replace(f'-L{row["layers"]}', ''), {})[row['layers']] = row
   variant_checks = {v: analysis.checks(d.get(2), d.get(1)) for v, d in by_variant.items()
                     if 2 in d and 1 in d}
   cfg = next(iter(runs.values()))['config'] if runs else {}
@@ -98,26 +98,18 @@ def report(workdir: str) -> str:
                           [[text, *(mark[c[key]] for c in variant_checks.values())]
                            for key, text in analysis.CHECKS])
     lines.append('')
-  lines += ['## Head ablations (zeroing heads via `head_mask`)', '']
-  lines += common.table(
-      ['variant', 'layers', 'ablated', 'heads (layer.head)', 'repeat loss (before → after)',
-       'max last-layer induction', 'max last-layer stripe'],
-      [[r['variant'], r['layers'], a['ablated'],
-        ', '.join(f'{layer + 1}.{head}' for layer, head in a['heads']),
-        f'{r["repeat_loss"]:.3f} → {a["loss_repeat"]:.3f}', f'{a["max_induction"]:.2f}',
-        f'{a["max_stripe"]:.2f}'] for r in rows for a in r['ablations']])
-  lines += ['', '*previous_token*: the best layer-1 previous-token head; *induction*: the best '
-            'last-layer induction head; *random*: another head of the first ablated head\'s '
-            'layer, drawn with the run seed (baseline); *previous_token_heads*: every layer-1 '
-            f'head with previous-token score > {hooks.PREV_HEAD}. Heads are zeroed together; '
-            'induction and stripe scores after ablation are the best over the last layer\'s '
-            'heads.', '']
+  lines += seed_lines(rows, workdir) + ablation_lines(rows) + generalisation_lines(rows)
   lines += ['## Figures', '']
   if rows:
     plot_curves(rows, runs, os.path.join(workdir, 'curves.png'))
     lines.append('![curves](curves.png) — repeat loss and best induction score against step '
                  '(1-layer runs dashed; grey dotted: chance, i.e. the uniform prediction ln V '
                  'and the score of uniform attention).')
+  if any(r['generalisation']['probe'] or r['generalisation']['task'] for r in rows):
+    plot_generalisation(rows, os.path.join(workdir, 'generalisation.png'))
+    lines.append('![generalisation](generalisation.png) — loss on predictable tokens against '
+                 'the probe length |r| (training periods shaded), and by position on task '
+                 'sequences (2-layer runs).')
   lines += [f'![{v}]({p}) — {v}: top induction and previous-token heads on a probe.'
             for v, p in plot_attention(rows, runs, workdir)]
   if failed:
@@ -136,9 +128,113 @@ def report(workdir: str) -> str:
             '--workdir=... --report_only`.']
   text = common.write_report(workdir, lines)
   with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump({'rows': rows, 'checks': variant_checks, 'failed': failed, 'config': cfg}, f,
+    json.dump({'rows': [{k: v for k, v in r.items() if not k.startswith('_')} for r in rows], 'checks': variant_checks, 'failed': failed, 'config': cfg}, f,
               indent=1)
   return text
+
+
+def _heads(heads):
+  return ', '.join(f'{layer + 1}.{head}' for layer, head in heads)
+
+
+def ablation_lines(rows) -> list[str]:
+  """Path ablations and head ablations, mean and zero side by side."""
+  rise = analysis.rise
+  lines = ['## Path ablations (Elhage et al. 2021: Q-, K- and V-composition)', '']
+  lines += common.table(
+      ['variant', 'layers', 'earlier layers\' output removed from the last layer\'s',
+       'repeat loss: mean-ablation', 'zero-ablation', 'max last-layer induction (mean / zero)'],
+      [[r['variant'], r['layers'], {'q': 'query', 'k': 'key', 'v': 'value'}[kind] + ' input',
+        f'{r["repeat_loss"]:.3f} → {analysis.ablation(r, f"path_{kind}")["loss_repeat"]:.3f}',
+        f'{analysis.ablation(r, f"path_{kind}", "zero")["loss_repeat"]:.3f}',
+        f'{analysis.ablation(r, f"path_{kind}")["max_induction"]:.2f} / '
+        f'{analysis.ablation(r, f"path_{kind}", "zero")["max_induction"]:.2f}']
+       for r in rows if r['layers'] >= 2 for kind in 'qkv'])
+  lines += ['', 'Only the path named is cut: the earlier layers still write to the residual '
+            'stream the other inputs and the unembedding read. Mean-ablation replaces the '
+            'removed signal by its mean over the eval batch at each position, zero-ablation by '
+            'zero (which also removes what it says on average, e.g. about positions).', '',
+            '## Head ablations', '']
+  table = []
+  for r in rows:
+    sc = r['final_scores']
+    for a in r['ablations']:
+      if a['mode'] != 'mean' or a['ablated'].startswith('path_'):
+        continue
+      heads = a['heads']
+      what = a['ablated'] if a['ablated'] != 'head' else (
+          'random control' if heads == [r['random_head']] else '')
+      scores = '' if len(heads) > 1 else (
+          f'{sc["previous_token"][heads[0][0]][heads[0][1]]:.2f} / '
+          f'{sc["induction"][heads[0][0]][heads[0][1]]:.2f}')
+      table.append([r['variant'], r['layers'], _heads(heads), what, scores,
+                    f'{rise(r, a["ablated"], heads=heads):+.3f}',
+                    f'{rise(r, a["ablated"], "zero", heads=heads):+.3f}',
+                    f'{a["max_induction"]:.2f}'])
+  lines += common.table(['variant', 'layers', 'heads (layer.head)', 'group', 'prev-token / '
+                         'induction score', 'Δ repeat loss, mean-ablation', 'zero-ablation',
+                         'max last-layer induction after (mean)'], table)
+  lines += ['', f'*previous_token_heads*: every layer-1 head with previous-token score > '
+            f'{hooks.PREV_HEAD}; *induction_heads*: every last-layer head with induction score '
+            f'> {hooks.IND_HEAD}; *random control*: a layer-1 head other than the best '
+            'previous-token head, drawn with the run seed.', '']
+  for r in rows:
+    if r['layers'] < 2:
+      continue
+    singles = [rise(r, 'head', heads=[[0, h]]) for h in range(len(r['final_scores']['induction'][0]))]
+    group = rise(r, 'previous_token_heads')
+    lines.append(f'- {r["variant"]}: the largest rise from mean-ablating one layer-1 head is '
+                 f'{max(singles):.3f} nats, from all its previous-token heads together '
+                 f'{common.fmt(group)} nats' + (
+                     ': the previous-token function is spread over several heads (redundant).'
+                     if group is not None and max(singles) < 1.0 < group else '.'))
+  return lines + ['']
+
+
+def seed_lines(rows, workdir) -> list[str]:
+  """Spread over seeds, per variant, depth and width (when the study has several seeds or
+  widths), with seeds.png."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r['variant'], r['layers'], r['d_model']), []).append(r)
+  if all(len(g) == 1 for g in groups.values()) and len({r['d_model'] for r in rows}) == 1:
+    return []
+  spread = lambda xs: (f'{np.mean(xs):.3f} ± {np.std(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})'
+                       if xs else '—')
+  table = []
+  for (variant, layers, width), g in groups.items():
+    steps = [r['phase_step'] for r in g]
+    formed = [x for x in steps if x is not None]
+    table.append([variant, layers, width, len(g),
+                  ', '.join('never' if x is None else str(x) for x in steps)
+                  + (f' (median {int(np.median(formed))})' if formed else ''),
+                  spread([r['repeat_loss'] for r in g]), spread([r['max_induction'] for r in g]),
+                  spread([r['max_stripe'] for r in g]),
+                  spread([r['max_previous_token'] for r in g])])
+  plot_seeds(groups, os.path.join(workdir, 'seeds.png'))
+  return (['## Seeds and widths', ''] + common.table(
+      ['variant', 'layers', 'd_model', 'seeds', f'phase-change step (repeat loss < '
+       f'{analysis.PHASE_LOSS} nats), per seed', 'final repeat loss: mean ± sd (min–max)',
+       'max induction', 'max stripe', 'max prev-token'], table)
+          + ['', '![seeds](seeds.png) — repeat loss of every seed (left) and the phase-change '
+             'step against width (right; a cross per seed, never-formed runs at the top).', ''])
+
+
+def generalisation_lines(rows) -> list[str]:
+  table = []
+  for r in rows:
+    g = r['generalisation']
+    table += [[r['variant'], r['layers'], f'task, T={t["seq_len"]}, periods '
+               f'{t["periods"][0]}–{t["periods"][1]}', f'{t["loss"]:.3f}'] for t in g['task']]
+    table += [[r['variant'], r['layers'], f'probe [BOS] + r + r, |r| = {p["length"]}',
+               f'{p["loss"]:.3f}'] for p in g['probe']]
+  if not table:
+    return []
+  return (['## Generalisation: loss on predictable tokens (nats)', '',
+           'Predictable: the input token occurred one period earlier (task sequences) or is in '
+           'the second copy (probes, from its second token on). The first row of each run is '
+           'in distribution. Lengths beyond a model\'s learned positions are left out.', '']
+          + common.table(['variant', 'layers', 'sequences', 'loss'], table) + [''])
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -220,3 +316,64 @@ def outputs(workdir: str) -> str:
             f'{r["max_induction"]:.2f}, stripe {r["max_stripe"]:.2f}: {r["verdict"]}'
             for r in rows]
   return '\n'.join(lines)
+
+
+def plot_generalisation(rows, path):
+  plt = common.plt()
+  style = _style(rows)
+  fig, (ax_len, ax_pos) = plt.subplots(1, 2, figsize=(13, 4.5))
+  for row in rows:
+    g, (color, marker) = row['generalisation'], style[row['variant']]
+    label = f'{row["variant"]} ({row["layers"]}L)'
+    ls = '-' if row['layers'] >= 2 else '--'
+    if g['probe']:
+      ax_len.plot([p['length'] for p in g['probe']], [max(p['loss'], 1e-4) for p in g['probe']],
+                  ls=ls, marker=marker or 'o', markersize=4, color=color, label=label)
+    if row['layers'] >= 2:
+      for t, tls in zip(g['task'], ('-', '--', ':')):
+        y = [np.nan if v is None else max(v, 1e-4) for v in t['by_position']]
+        ax_pos.plot(y, ls=tls, color=color, lw=1, label=f'{label}: T={t["seq_len"]}, periods '
+                    f'{t["periods"][0]}–{t["periods"][1]}')
+  task = rows[0]['generalisation']['task']
+  if task:
+    lo, hi = task[0]['periods']
+    ax_len.axvspan(lo, hi, color='grey', alpha=0.15, label='training periods')
+    ax_pos.axvline(task[0]['seq_len'], color='grey', ls=':', lw=1, label='training length')
+  ax_len.set(yscale='log', xlabel='probe length |r| (the period)', ylabel='loss on predictable '
+             'tokens (nats)', title='Held-out periods ([BOS] + r + r)')
+  ax_pos.set(yscale='log', xlabel='position', ylabel='loss on predictable tokens (nats)',
+             title='Loss by position (task sequences)')
+  common.legend_outside(ax_len)
+  common.legend_outside(ax_pos)
+  fig.subplots_adjust(wspace=0.9)
+  common.save(fig, path)
+
+
+def plot_seeds(groups, path):
+  plt = common.plt()
+  fig, (ax_loss, ax_step) = plt.subplots(1, 2, figsize=(13, 4.5))
+  widths = sorted({w for _, _, w in groups})
+  styles = dict(zip(widths, ('-', '--', ':', '-.')))
+  top = max(r['num_steps'] for g in groups.values() for r in g)
+  for (variant, layers, width), g in groups.items():
+    color = common.color(variant)
+    for i, r in enumerate(g):
+      evals = r['_evals']
+      ax_loss.plot([e['step'] for e in evals], [max(e['loss_repeat'], 1e-3) for e in evals],
+                   color=color, ls=styles.get(width, '-'), lw=1, alpha=0.8,
+                   label=f'{variant} ({layers}L), d={width}' if i == 0 else None)
+    steps = [top if r['phase_step'] is None else r['phase_step'] for r in g]
+    ax_step.scatter([width] * len(steps), steps, marker='x', color=color,
+                    label=f'{variant} ({layers}L)' if width == widths[0] else None)
+  common.chance_line(ax_loss, analysis.PHASE_LOSS, f'phase-change threshold {analysis.PHASE_LOSS}')
+  ax_step.axhline(top, color='grey', ls=':', lw=1, label=f'end of training ({top}): never')
+  ax_loss.set(yscale='log', xlabel='step', ylabel='eval repeat loss (nats)',
+              title='Repeat loss, every seed')
+  ax_step.set(xscale='log', xticks=widths, xlabel='d_model', ylabel='phase-change step',
+              title='Phase-change step vs width')
+  ax_step.set_xticklabels([str(w) for w in widths])
+  ax_step.minorticks_off()
+  common.legend_outside(ax_loss)
+  common.legend_outside(ax_step)
+  fig.subplots_adjust(wspace=0.8)
+  common.save(fig, path)
