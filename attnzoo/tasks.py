@@ -75,7 +75,8 @@ def copy(rng, *, batch_size, seq_len, vocab_size, encoder_decoder=False, **_):
 
 def mqar(rng, *, batch_size, seq_len, vocab_size, num_pairs=8, **_):
   """Multi-query associative recall (Arora et al. 2023): k1 v1 ... kn vn, then queries
-  q1 a1 q2 a2 ... of earlier keys; loss and accuracy on the answers a_i only."""
+  q1 a1 q2 a2 ... of earlier keys; loss and accuracy on the answers a_i only. `distance`
+  [B, T] holds each answer's key-query distance (not a model input)."""
   half = vocab_size // 2
   _check(num_pairs <= half - 1, 'task.num_pairs', num_pairs,
          f'needs distinct keys: at most vocab_size // 2 - 1 = {half - 1}')
@@ -93,7 +94,12 @@ def mqar(rng, *, batch_size, seq_len, vocab_size, num_pairs=8, **_):
   seqs = np.pad(seqs, [(0, 0), (0, seq_len + 1 - seqs.shape[1])])
   idx = np.arange(seq_len + 1)[None].repeat(B, 0)
   answer = (idx >= 2 * n) & (idx < 4 * n) & ((idx - 2 * n) % 2 == 1)
-  return _next_token(seqs, answer, answer=answer)
+  out = _next_token(seqs, answer, answer=answer)
+  # Key-query distance of each answer (at its target position; 0 elsewhere): the query at
+  # input position 2n + 2i looks back to its key at 2 * order[i].
+  distance = np.zeros((B, seq_len), np.int32)
+  distance[:, 2 * n:4 * n:2] = 2 * n + 2 * np.arange(n)[None] - 2 * order
+  return out | {'distance': distance}
 
 
 TASKS = {'induction': induction, 'copy': copy, 'mqar': mqar}
