@@ -5,20 +5,28 @@ import os
 
 import pytest
 
-from attnzoo import scaling
+from attnzoo.studies import scaling
+from helpers import load_config
 
-TINY = scaling.Settings(lengths=(16, 32), tokens=32, heads=2, head_dim=8, repeats=1,
-                        variants=('dense', 'longformer'),
-                        options={'longformer': {'window': 4}})
+
+
+def tiny(**study):
+  c = load_config('scaling')
+  c.study.update(dict(lengths=(16, 32), tokens=32, heads=2, head_dim=8, repeats=1,
+                      variants='dense,longformer:window=4'), **study)
+  return c
+
+
+TINY = tiny()
 
 
 def test_tiny_run_resumes_and_reports(tmp_path):
   workdir = str(tmp_path)
   lines = []
-  new = scaling.run(workdir, TINY, log=lines.append)
+  new = scaling.run(TINY, workdir, log=lines.append)
   assert [(r['variant'], r['T']) for r in new] == [('dense', 16), ('dense', 32),
-                                                   ('longformer', 16), ('longformer', 32)]
-  with open(os.path.join(workdir, scaling.RECORDS)) as f:
+                                                   ('longformer:window=4', 16), ('longformer:window=4', 32)]
+  with open(os.path.join(workdir, scaling.POINTS)) as f:
     records = [json.loads(line) for line in f]
   assert len(records) == 4 and all(r['status'] == 'ok' for r in records), records
   assert all(r['time_s'] > 0 and r['peak_bytes'] > 0 and r['causal'] for r in records)
@@ -26,23 +34,21 @@ def test_tiny_run_resumes_and_reports(tmp_path):
   assert records[2]['options'] == {'window': 4}
   assert any('longformer' in line and 'T=32' in line for line in lines)  # progress output
 
-  assert scaling.run(workdir, TINY, log=lines.append) == []  # every point already measured
+  assert scaling.run(TINY, workdir, log=lines.append) == []  # every point already measured
 
   text = scaling.report(workdir)  # from the jsonl alone
   assert os.path.exists(os.path.join(workdir, scaling.PLOT))
   with open(os.path.join(workdir, scaling.REPORT)) as f:
     assert f.read() == text
-  assert '| dense | yes | N^2 |' in text and '| longformer | yes | N*w |' in text
-  assert '(1.00)' in text and 'crossover' in text
+  assert '| dense | yes | N^2 |' in text and '| longformer:window=4 | yes | N*w |' in text
+  assert '(1.00x)' in text and 'crossover' in text
 
 
 def test_over_budget_and_oom_stop_larger_lengths(tmp_path):
-  settings = scaling.Settings(lengths=(16, 32), tokens=32, heads=2, head_dim=8, repeats=1,
-                              variants=('dense',), time_budget_s=0.0)
-  assert len(scaling.run(str(tmp_path / 'slow'), settings, log=lambda _: None)) == 1
-  settings = scaling.Settings(lengths=(16, 32), tokens=32, heads=2, head_dim=8, repeats=1,
-                              variants=('dense',), max_bytes=1)
-  (record,) = scaling.run(str(tmp_path / 'oom'), settings, log=lambda _: None)
+  settings = tiny(variants='dense', time_budget_s=0.0)
+  assert len(scaling.run(settings, str(tmp_path / 'slow'), log=lambda _: None)) == 1
+  settings = tiny(variants='dense', max_bytes=1)
+  (record,) = scaling.run(settings, str(tmp_path / 'oom'), log=lambda _: None)
   assert record['status'] == 'oom'
   assert 'oom' in scaling.report(str(tmp_path / 'oom'))
 
@@ -51,9 +57,8 @@ def test_default_variants_skip_dense_presets_and_options_follow_length():
   names = scaling.default_variants()
   assert 'dense' in names and not {'causal', 'cross', 'mqa', 'gqa'} & set(names)
   assert {'longformer', 'linformer', 'blockwise'} <= set(names)
-  assert scaling.variant_options('linformer', 2048, {})['max_len'] == 2048
-  assert scaling.variant_options('longformer', 512, {'longformer': {'window': 8}}) == {
-      'window': 8}
+  (spec,) = scaling.measure.common.parse_specs('linformer:proj_dim=8')
+  assert scaling.measure.point(spec, 2048, TINY.study)['options']['max_len'] == 2048
 
 
 def test_slope_and_crossover():

@@ -42,7 +42,8 @@ def report(workdir: str) -> str:
       f'full cache: T={d["length"]}, batch {d["batch_size"]}, d_model {m["d_model"]}, '
       f'{m["num_heads"]} heads, {m["num_layers"]} layers{" with MLP" * bool(m["mlp"])}, '
       f'{m["positions"]} positions, float32, {d["backend"]} ({d["device"]}); median of '
-      f'{d["repeats"]} steps after compile and a warm-up step, the cache donated to the step.', '',
+      f'{d["repeats"]} steps after compile and a warm-up step, the cache donated to the '
+      'step.', '',
       '- KV bytes = 2 · L · B · T · G · D · 4, so MHA / GQA-G = H / G exactly.',
       '- Attention FLOPs per token do not depend on G (every query head still attends to T '
       'keys): GQA and MQA cut the bytes read, not the arithmetic. A decode step is fast by as '
