@@ -7,11 +7,21 @@ Command:  python experiments/induction_heads.py --config=configs/induction_heads
 Runtime:  TBD
 Expected: TBD
 """
-from configs import induction_heads
+import importlib.util
+import os
+
+
+def _main_config():
+  """configs/induction_heads.py's config (loaded by path: configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'induction_heads.py')
+  spec = importlib.util.spec_from_file_location('induction_heads', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config():
-  c = induction_heads.get_config()
+  c = _main_config()
   c.model.positions = 'rope'
   c.model.max_len = 256  # RoPE has no table: this only bounds the probe lengths
   return c

@@ -226,7 +226,7 @@ def generalisation_lines(rows) -> list[str]:
     g = r['generalisation']
     table += [[r['variant'], r['layers'], f'task, T={t["seq_len"]}, periods '
                f'{t["periods"][0]}–{t["periods"][1]}', f'{t["loss"]:.3f}'] for t in g['task']]
-    table += [[r['variant'], r['layers'], f'probe [BOS] + r + r, |r| = {p["length"]}',
+    table += [[r['variant'], r['layers'], f'probe [BOS] + r + r, L = {p["length"]}',
                f'{p["loss"]:.3f}'] for p in g['probe']]
   if not table:
     return []
@@ -345,7 +345,7 @@ def plot_generalisation(rows, path):
              title='Loss by position (task sequences)')
   common.legend_outside(ax_len)
   common.legend_outside(ax_pos)
-  fig.subplots_adjust(wspace=0.9)
+  fig.subplots_adjust(wspace=0.6)
   common.save(fig, path)
 
 
