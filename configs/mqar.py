@@ -1,8 +1,13 @@
 """Multi-query associative recall (Zoology, Arora et al. 2023): 8 key-value pairs, T=64, V=128.
 
 Command:  python experiments/train.py --config=configs/mqar.py --workdir=runs/mqar
-Runtime:  a few minutes on a 2-core CPU.
-Expected: answer accuracy (eval accuracy) near 1.0 for dense attention at d_model=64.
+Runtime:  a few minutes on a 2-core CPU (2000 steps, batch 64).
+Expected: with these settings (learned positions, MLP) dense attention stalls on a plateau near
+          0.34 answer accuracy (measured: it never solved MQAR with learned positions). With
+          RoPE, 2 attention-only layers, lr 3e-3 (`--config.model.positions=rope
+          --config.model.mlp=False --config.train.learning_rate=3e-3`) dense reached 0.98 and
+          1.00 on two seeds at T=32 / 8 pairs in 1500 steps; configs/quality_vs_cost.py uses that
+          budget, see docs/results/quality_vs_cost/report.md.
 """
 from attnzoo.config import base_config
 
