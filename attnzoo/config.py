@@ -77,7 +77,6 @@ def _number(config, field: str, *, kind=int, low=None, high=None, low_open: bool
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   """Raises ValueError naming the first bad field and its value; cheap (no tracing)."""
-  from attnzoo import tasks  # noqa: PLC0415  (tasks imports nothing of ours; kept local)
   from attnzoo import train  # noqa: PLC0415
 
   for field, low in (('seed', 0), ('train.num_steps', 1), ('train.batch_size', 1),

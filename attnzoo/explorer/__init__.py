@@ -19,7 +19,6 @@ import base64
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -27,7 +26,6 @@ from flax import nnx
 
 from attnzoo import attention, metrics, train
 from attnzoo.explorer.page import TEMPLATE
-from attnzoo.layers import rope
 
 BOS = 0
 
@@ -68,38 +66,16 @@ def task_sample(config):
   return tokens, [str(t) for t in tokens]
 
 
-def project(attn, h):
-  """q, k, v as `attn` (a MultiHeadAttention) computes them for self-attention on h [B, T, d]:
-  q [B, T, H, D], k [B, T, G, D] (G = H when keys are the queries), v [B, T, G, D]."""
-  B, T, _ = h.shape
-  H, G, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
-  q = attn.q_proj(h).reshape(B, T, H, D)
-  v = attn.v_proj(h).reshape(B, T, G, D)
-  if attn.use_rope:
-    q = rope(q, jnp.arange(T))
-  if attn.shared_qk:
-    k = q
-  else:
-    k = attn.k_proj(h).reshape(B, T, G, D)
-    if attn.use_rope:
-      k = rope(k, jnp.arange(T))
-  if attn.smear is not None:
-    a = jax.nn.sigmoid(attn.smear[...])[None, None, :, None]  # [1, 1, K heads, 1]
-    k = a * k + (1 - a) * jnp.pad(k, [(0, 0), (1, 0), (0, 0), (0, 0)])[:, :-1]
-  return q, k, v
-
-
 def raw_qk(model, tokens):
   """tokens [1, T] -> per layer (q, k), each [H, T, D] float32 (k repeated over each K/V group's
   query heads), as the layer's attention core receives them."""
   x = model.embed_tokens(tokens)
   out = []
   for block in model.blocks:
-    q, k, _ = project(block.attn, block.norm1(x))
+    q, k, _ = block.attn.project(block.norm1(x))
     k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # [1, T, H, D]
     out.append((np.asarray(q[0].transpose(1, 0, 2)), np.asarray(k[0].transpose(1, 0, 2))))
-    x, _ = block(x, causal=model.causal, key_mask=None, memory=None, memory_mask=None,
-                 return_attention=False, head_mask=None)
+    x, _, _ = block(x, causal=model.causal)
   return out
 
 

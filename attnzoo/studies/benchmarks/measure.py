@@ -8,7 +8,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
