@@ -28,6 +28,7 @@ where `run` is a `Run` (config, workdir, graphdef, state, eval batches, the eval
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -124,11 +125,13 @@ def metrics_of(model, batch):
   return out
 
 
-def make_steps(graphdef, *, skip_nonfinite: bool = False):
+def make_steps(graphdef, *, skip_nonfinite: bool = False, state_sharding=None):
   """Jitted pure train and eval steps over the split (model, optimizer) state. With
-  `skip_nonfinite`, a step whose loss or gradient norm is not finite leaves the state as it was."""
+  `skip_nonfinite`, a step whose loss or gradient norm is not finite leaves the state as it was.
+  `state_sharding` pins the new state's sharding to the old one's (so one compiled step serves
+  every step)."""
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=(state_sharding, None) if state_sharding else None)
   def train_step(state, batch):
     old = jax.tree.leaves(state)  # plain arrays: merging may hand `state`'s variables to the model
     model, optimizer = nnx.merge(graphdef, state)
@@ -343,7 +346,8 @@ def _train(config, workdir, hooks, mesh, log):
     if start:
       log(f'Resumed from the checkpoint at step {start} in {workdir}')
 
-    train_step, eval_step = make_steps(graphdef, skip_nonfinite=t.get('skip_nonfinite', False))
+    train_step, eval_step = make_steps(graphdef, skip_nonfinite=t.get('skip_nonfinite', False),
+                                       state_sharding=jax.tree.map(lambda x: x.sharding, state))
     run = Run(config, workdir, graphdef, state, eval_step, sharding, start)
     stats = cost.compiled_stats(train_step, state, device_batch(batch_for(config, 1), sharding))
     step_fn = stats.pop('compiled')

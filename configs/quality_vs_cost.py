@@ -64,7 +64,7 @@ def get_config(preset: str = 'standard'):
   # Exact variants (the same function as causal attention, or a K/V-head preset of it) and
   # aliases: a row each on `cheap_task` at its first width.
   s.cheap_variants = ('blockwise:block_k=16', 'flash:block_q=16,block_k=16', 'gqa', 'mqa',
-                      'dense', 'cross')
+                      'ring', 'dense', 'cross')
   s.cheap_task = 'mqar_t32'
   s.reference = 'causal'  # reference of the causal form
   s.masked_reference = 'dense'  # reference of the bidirectional (masked-token) form
