@@ -50,7 +50,7 @@ def test_two_processes_match_one_process(tmp_path):
   with open(workdir / 'metrics.jsonl') as f:
     rows = [json.loads(line) for line in f]
   # Both processes appending would duplicate every row.
-  assert [(r['step'], r['split']) for r in rows] == [(2, 'train'), (2, 'eval'),
+  assert [(r['step'], r['split']) for r in rows] == [(0, 'eval'), (2, 'train'), (2, 'eval'),
                                                      (4, 'train'), (4, 'eval')]
   for key in ('loss', 'loss_repeat', 'accuracy'):
     np.testing.assert_allclose(rows[-1][key], one[key], rtol=1e-4, err_msg=key)
