@@ -5,9 +5,12 @@
               lists: `induction` (prefix matching on task-style sequences), `stripe` and
               `stripe_near` (on `[BOS] + r + r` probes with |r| = study.stripe_len, a length
               not used in training), `previous_token`
-  at_end      summary.json's `scores`: the final scores, argmax-offset histograms, head
-              ablations, the induction score of uniform attention (chance); and attention.npz
-              (every head's attention on one task and one probe sequence)
+  at_end      summary.json's `scores`: the final scores, argmax-offset histograms, path
+              ablations (earlier layers' output out of the last layer's q, k or v input), single-
+              head and head-group ablations (mean and zero, `circuit.forward_masked`), loss on
+              predictable tokens in and out of the training distribution (`generalisation`),
+              the induction score of uniform attention (chance); and attention.npz (every
+              head's attention on one task and one probe sequence)
 """
 from __future__ import annotations
 
