@@ -184,7 +184,30 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
           + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
 
 
+def write_explorers(workdir: str, names: Sequence[str], log: Callable[[str], None] = print):
+  """An explorer page (attnzoo.explorer) for each finished run `workdir/<name>` without one; a run the
+  explorer cannot show is skipped with a line saying why."""
+  from attnzoo import explorer  # noqa: PLC0415  (the explorer imports the studies' helpers)
+  for name in names:
+    run_dir = os.path.join(workdir, name)
+    if (train.load_summary(run_dir) is None
+        or os.path.exists(os.path.join(run_dir, 'explorer.html'))):
+      continue  # unfinished, or its page is written already
+    try:
+      explorer.write(run_dir)
+    except ValueError as e:
+      log(f'  {name}: no explorer page ({e})')
+
+
 def write_report(workdir: str, lines: Sequence[str], name: str = 'report.md') -> str:
+  """Writes the report, with links to the explorer pages of its runs (if any)."""
+  pages = sorted(n for n in (os.listdir(workdir) if os.path.isdir(workdir) else [])
+                 if os.path.isfile(os.path.join(workdir, n, 'explorer.html')))
+  if pages:
+    lines = list(lines) + ['', '## Explorer pages', '',
+                           'Click a token to see where every head looks '
+                           '(`python experiments/explore.py --workdir=<run>`):', '']
+    lines += [f'- [{n}]({n}/explorer.html)' for n in pages]
   text = '\n'.join(lines).rstrip() + '\n'
   with open(os.path.join(workdir, name), 'w') as f:
     f.write(text)

@@ -33,7 +33,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, VARIANTS), 'w') as f:
     json.dump([s.label for s in specs], f)
-  failed = common.run_plan(make_plan(config, specs), workdir, lambda c: [Scores(c)], log=log)
+  plan = make_plan(config, specs)
+  failed = common.run_plan(plan, workdir, lambda c: [Scores(c)], log=log)
+  common.write_explorers(workdir, plan, log=log)
   text = report(workdir)
   if failed:
     raise RuntimeError(f'runs failed: {", ".join(failed)} (see <run>/error.txt)')

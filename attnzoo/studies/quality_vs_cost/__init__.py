@@ -82,6 +82,7 @@ def run(config, workdir: str, *, log=print) -> str:
     meta = {'wall_s': meta.get('wall_s', 0.0) + time.perf_counter() - t0,
             'load': meta.get('load', load), 'load_end': _load_avg(),
             'runs_trained': len(refs) + len(rest), 'failed': failed, 'skipped': skipped}
+    common.write_explorers(workdir, [r.name for r in refs + rest], log=log)
   meta.update(config=json.loads(config.to_json()), study=json.loads(s.to_json()),
               dropped=dropped, backend=jax.default_backend(), cpus=os.cpu_count())
   meta.setdefault('wall_s', 0.0)
