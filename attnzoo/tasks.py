@@ -107,16 +107,19 @@ TASKS = {'induction': induction, 'copy': copy, 'mqar': mqar}
 
 def masked_token(batch, rng, *, mask_id: int, rate: float = 0.15):
   """Bidirectional form of a task (for non-causal variants): the model sees the whole sequence
-  with some tokens replaced by `mask_id` and predicts them in place. Answer tokens (copy, mqar)
-  are all hidden; tasks without answers (induction) hide a random `rate` of the trained tokens.
+  with some target tokens replaced by `mask_id` in its input, and predicts each hidden token from
+  the position before it, as in the causal form (so the form needs no more hops than the causal
+  one). Answer tokens (copy, mqar) are all hidden; tasks without answers (induction) hide a
+  random `rate` of the trained tokens.
   """
-  seqs = batch['targets']
   hide = batch['weights'] > 0
   if 'mask_answer' not in batch:
     hide &= rng.random(hide.shape) < rate
   out = {k: (np.where(hide, v, 0).astype(v.dtype) if k.startswith('mask_') else v)
          for k, v in batch.items()}
-  out['inputs'] = np.where(hide, mask_id, seqs).astype(np.int32)
+  # targets[:, j] is the input at j + 1: hide it there (the last target is past the inputs).
+  shown = np.pad(~hide[:, :-1], [(0, 0), (1, 0)], constant_values=True)
+  out['inputs'] = np.where(shown, batch['inputs'], mask_id).astype(np.int32)
   out['weights'] = hide.astype(np.float32)
   return out
 

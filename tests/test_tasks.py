@@ -55,9 +55,19 @@ def test_copy_targets_copy_the_source(encoder_decoder):
       np.testing.assert_array_equal(tgt[w > 0], inp[1:n + 1])
 
 
-def test_masked_token_form_hides_exactly_the_trained_tokens():
-  cfg = ml_collections.ConfigDict(dict(name='mqar', seq_len=64, vocab_size=64, num_pairs=8))
+@pytest.mark.parametrize('name', ['mqar', 'induction'])
+def test_masked_token_form_hides_exactly_the_trained_tokens(name):
+  cfg = ml_collections.ConfigDict(dict(name=name, seq_len=64, vocab_size=64, num_pairs=8))
   b = tasks.make_batch(cfg, seed=0, step=0, batch_size=8, vocab_size=64, causal=False)
+  c = tasks.make_batch(cfg, seed=0, step=0, batch_size=8, vocab_size=64)
   hidden = b['inputs'] == 64
-  np.testing.assert_array_equal(hidden, b['weights'] > 0)
-  np.testing.assert_array_equal(b['inputs'][~hidden], b['targets'][~hidden])
+  trained = b['weights'] > 0
+  assert trained.any() and not hidden[:, 0].any()
+  # Each trained target is hidden where it is an input (one position on); nothing else is.
+  np.testing.assert_array_equal(hidden[:, 1:], trained[:, :-1])
+  np.testing.assert_array_equal(b['inputs'][~hidden], c['inputs'][~hidden])
+  np.testing.assert_array_equal(b['targets'], c['targets'])
+  if name == 'mqar':  # every answer is trained
+    np.testing.assert_array_equal(trained, c['weights'] > 0)
+  else:  # a random part of them
+    assert trained.sum() < 0.3 * (c['weights'] > 0).sum()

@@ -58,10 +58,13 @@ def breakdown_table(rows: list[dict]) -> list[str]:
 
 
 def summary_table(rows: list[dict]) -> list[str]:
-  """Every variant spec: per task (main width) accuracy and step-time ratio to the reference."""
+  """Every variant spec: per task accuracy and step-time ratio to the reference, at the task's
+  main width (the one with most converged rows, then most rows, then the widest)."""
   tasks = list(dict.fromkeys(r['task'] for r in rows))
-  main = {t: max((r['width'] for r in rows if r['task'] == t),
-                 key=lambda w, t=t: sum(r['task'] == t and r['width'] == w for r in rows))
+  def rank(t, w):
+    same = [r for r in rows if (r['task'], r['width']) == (t, w)]
+    return sum(r['status'] == an.OK for r in same), len(same), w
+  main = {t: max({r['width'] for r in rows if r['task'] == t}, key=lambda w, t=t: rank(t, w))
           for t in tasks}
   labels = list(dict.fromkeys((r['label'], r['form']) for r in rows))
   body = []
