@@ -7,6 +7,8 @@ Every task returns a dict of arrays, next-token form:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 BOS = 0
@@ -102,7 +104,31 @@ def mqar(rng, *, batch_size, seq_len, vocab_size, num_pairs=8, **_):
   return out | {'distance': distance}
 
 
-TASKS = {'induction': induction, 'copy': copy, 'mqar': mqar}
+@functools.cache
+def corpus() -> np.ndarray:
+  """The Python documentation topics that ship with every Python (`pydoc_data.topics`, about
+  465 KB of English and code), as UTF-8 bytes in a fixed order."""
+  from pydoc_data import topics  # noqa: PLC0415
+  text = '\n\n'.join(topics.topics[k] for k in sorted(topics.topics))
+  return np.frombuffer(text.encode('utf-8'), np.uint8)
+
+
+def text(rng, *, batch_size, seq_len, vocab_size, split='train', heldout=0.1, **_):
+  """Byte-level windows of `corpus()`; the last `heldout` fraction of its bytes is the eval
+  split, the rest the training split. Loss on every byte (no BOS: byte 0 never occurs)."""
+  _check(vocab_size == 256, 'task.vocab_size', vocab_size, 'text is byte-level: needs 256')
+  _check(0 < heldout < 1, 'task.heldout', heldout, 'must be within (0, 1)')
+  data = corpus()
+  cut = int(len(data) * (1 - heldout))
+  part = data[:cut] if split == 'train' else data[cut:]
+  _check(seq_len < len(part), 'task.seq_len', seq_len,
+         f'longer than the {split} split ({len(part)} bytes)')
+  starts = rng.integers(0, len(part) - seq_len, size=batch_size)
+  seqs = part[starts[:, None] + np.arange(seq_len + 1)]
+  return _next_token(seqs, np.ones_like(seqs, bool))
+
+
+TASKS = {'induction': induction, 'copy': copy, 'mqar': mqar, 'text': text}
 
 
 def masked_token(batch, rng, *, mask_id: int, rate: float = 0.15):
@@ -131,7 +157,7 @@ def make_batch(task_cfg, *, seed: int, step: int, batch_size: int, split: str = 
   _check(name in TASKS, 'task.name', name, f'known tasks: {", ".join(sorted(TASKS))}')
   rng = _rng(seed, step, split)
   kwargs = {k: v for k, v in task_cfg.items() if k not in ('name', 'vocab_size')}
-  batch = TASKS[name](rng, batch_size=batch_size, vocab_size=vocab_size, **kwargs)
+  batch = TASKS[name](rng, batch_size=batch_size, vocab_size=vocab_size, split=split, **kwargs)
   if not causal:
     batch = masked_token(batch, rng, mask_id=vocab_size)
   return batch

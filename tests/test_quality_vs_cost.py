@@ -85,8 +85,11 @@ def test_tiny_study_end_to_end(tmp_path):
   workdir = str(tmp_path / 'study')
   config = study_config('test')
   log = []
-  text = qvc.run(config, workdir, log=log.append)
+  bigger = study_config('test')
+  bigger.train.batch_size *= 2
+  text = qvc.run(config, workdir, log=log.append, estimate_for={'bigger': bigger})
   runs, dropped = plan.make_plan(config)
+  assert '## Runtime estimates' in text and '`bigger` preset' in text
   rows = common.load_runs(workdir)
   assert {r['name'] for r in rows} == {r.name for r in runs}
   assert all(r['summary'] and not r['error'] for r in rows), [r['error'] for r in rows]
@@ -109,7 +112,8 @@ def test_tiny_study_end_to_end(tmp_path):
   for r in runs:
     shutil.rmtree(os.path.join(workdir, r.name, 'checkpoints'))
   config.study.report_only = True
-  assert qvc.run(config, workdir, log=log.append) == text and not log
+  assert qvc.run(config, workdir, log=log.append, estimate_for={'bigger': bigger}) == text
+  assert not log
   assert plan.estimate_from_runs(study_config('test'), runs, rows) > 0
   est = plan.estimate(config, runs[:1], log=log.append)
   assert list(est) == [runs[0].name] and est[runs[0].name] > 0

@@ -49,9 +49,10 @@ def rows(config, workdir, skipped=None):
                        config.study.threshold)
 
 
-def run(config, workdir: str, *, log=print) -> str:
+def run(config, workdir: str, *, log=print, estimate_for=None) -> str:
   """Trains (or, with study.estimate, only times) the plan and writes the report; returns the
-  report's Markdown (or the estimate's text)."""
+  report's Markdown (or the estimate's text). `estimate_for` {name: study config}: the report
+  estimates each one's time on this machine from the step times measured here."""
   runs, dropped = plan.make_plan(config)
   s = config.study
   if s.estimate:
@@ -89,6 +90,14 @@ def run(config, workdir: str, *, log=print) -> str:
   for k in ('load', 'load_end'):
     meta.setdefault(k, '?')
   meta.setdefault('runs_trained', 0)
+  measured = common.load_runs(workdir)
+  for name, other in (estimate_for or {}).items():
+    other_runs = plan.make_plan(other)[0]
+    est = plan.estimate_from_runs(other, other_runs, measured)
+    if est is not None:
+      meta.setdefault('estimates', {})[f'`{name}` preset ({len(other_runs)} runs)'] = (
+          f'{est / 3600:.1f} h on this machine, from the step times measured here, scaled by '
+          'batch x length x width (and length again for N^2 variants)')
   _save(workdir, meta)
   marked = rows(config, workdir, meta.get('skipped', {}))
   jsonl.write(os.path.join(workdir, ROWS), marked)
