@@ -6,11 +6,25 @@ without losing another variant's options, and new variants appear here automatic
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
 from attnzoo import attention
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def config_file(name: str, *args) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of configs/<name>.py (loaded by path: configs/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(f'configs.{name}',
+                                                os.path.join(CONFIGS, f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
 
 
 def base_config() -> ml_collections.ConfigDict:

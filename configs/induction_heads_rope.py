@@ -9,21 +9,11 @@ Expected: loss on predictable tokens 0.003 in distribution, 0.012 at held-out pe
           at period 40 and 0.165 at T=128 (periods 8-24), 4.58 at T=128 with periods 30-60: RoPE
           alone does not reach the length-generalisation goal.
 """
-import importlib.util
-import os
-
-
-def _main_config():
-  """configs/induction_heads.py's config (loaded by path: configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'induction_heads.py')
-  spec = importlib.util.spec_from_file_location('induction_heads', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from attnzoo.config import config_file
 
 
 def get_config():
-  c = _main_config()
+  c = config_file('induction_heads')
   c.model.positions = 'rope'
   c.model.max_len = 256  # RoPE has no table: this only bounds the probe lengths
   return c

@@ -10,21 +10,11 @@ Expected: phase change (first eval with repeat loss < 1 nat) at steps 160-180 fo
 The main config (configs/induction_heads.py), 2-layer models only (the 1-layer control is in the
 main command), seeds 0-3 at d_model 32, 64 and 128: 12 runs.
 """
-import importlib.util
-import os
-
-
-def _main_config():
-  """configs/induction_heads.py's config (loaded by path: configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'induction_heads.py')
-  spec = importlib.util.spec_from_file_location('induction_heads', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from attnzoo.config import config_file
 
 
 def get_config():
-  c = _main_config()
+  c = config_file('induction_heads')
   c.study.depths = (2,)
   c.study.seeds = (0, 1, 2, 3)
   c.study.widths = (32, 64, 128)

@@ -9,13 +9,13 @@ Presets, their runtimes and expected results: configs/quality_vs_cost.py. Any va
 overridden as in training, e.g. --config.train.num_steps=3000 or
 --config.study.variants="('causal', 'performer:num_features=32')".
 """
-import importlib.util
 import os
 
 from absl import flags
 from ml_collections import config_flags
 
 from attnzoo import cli
+from attnzoo import config as config_lib
 from attnzoo.studies import quality_vs_cost
 
 FLAGS = flags.FLAGS
@@ -27,20 +27,10 @@ flags.DEFINE_string('workdir', None, 'Directory for the runs, report.md and the 
 flags.mark_flags_as_required(['workdir'])
 
 
-def _preset(name):
-  """configs/quality_vs_cost.py's preset `name` (loaded by path: configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'quality_vs_cost.py')
-  spec = importlib.util.spec_from_file_location('quality_vs_cost_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(name)
-
-
 def main(argv):
   del argv
   # The report estimates the GPU-sized preset's CPU time from the steps timed in this run.
-  full = {} if FLAGS.config.study.estimate else {'full': _preset('full')}
+  full = {} if FLAGS.config.study.estimate else {'full': config_lib.config_file('quality_vs_cost', 'full')}
   text = quality_vs_cost.run(FLAGS.config, FLAGS.workdir, estimate_for=full,
                              log=lambda line: print(line, flush=True))
   if FLAGS.config.study.estimate:

@@ -1,5 +1,4 @@
 """Shared test utilities: small per-variant options, random inputs, config loading."""
-import importlib.util
 import os
 
 import jax
@@ -7,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attnzoo
+from attnzoo import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,11 +37,8 @@ def qkv(seed, B=2, T=24, S=None, H=4, G=2, D=8, dtype=jnp.float32):
           jax.random.normal(kv, (B, S, G, D), dtype))
 
 
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def load_config(name, *args):
+  return config_lib.config_file(name, *args)
 
 
 def tiny(**overrides):

@@ -1,5 +1,4 @@
 """The text task, the ICL score and the ICL-on-text study (tiny run end to end)."""
-import importlib.util
 import os
 
 import ml_collections
@@ -8,17 +7,7 @@ import pytest
 
 from attnzoo import tasks
 from attnzoo.studies import icl_text
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config():
-  spec = importlib.util.spec_from_file_location('icl_cfg', os.path.join(ROOT, 'configs',
-                                                                        'icl_text.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+from helpers import load_config
 
 def test_text_task_splits_are_disjoint_windows_of_the_corpus():
   cfg = ml_collections.ConfigDict(dict(name='text', seq_len=64, vocab_size=256, heldout=0.1))
@@ -57,7 +46,7 @@ def test_jump_finds_the_interval_where_prefix_matching_forms():
 
 
 def test_tiny_icl_study_end_to_end(tmp_path):
-  c = _config()
+  c = load_config('icl_text')
   c.task.seq_len = 32
   c.model.d_model, c.model.max_len = 16, 32
   c.train.update(num_steps=4, batch_size=4, warmup_steps=1, eval_every=2, eval_batches=1,

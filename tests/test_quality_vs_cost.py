@@ -1,7 +1,6 @@
 """Quality-vs-cost study: the planner (every variant appears, forms, dropped rows with reasons),
 a tiny study end to end through the training loop (resume, report from files, load_run), the
 "not converged" rule, the distance breakdown and the findings on synthetic rows."""
-import importlib.util
 import os
 import shutil
 
@@ -13,15 +12,11 @@ from attnzoo import tasks
 from attnzoo.studies import common
 from attnzoo.studies import quality_vs_cost as qvc
 from attnzoo.studies.quality_vs_cost import analysis, hooks, plan
-from helpers import ROOT
+from helpers import load_config
 
 
 def study_config(preset):
-  spec = importlib.util.spec_from_file_location(
-      'qvc_config', os.path.join(ROOT, 'configs', 'quality_vs_cost.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return load_config('quality_vs_cost', preset)
 
 
 @pytest.mark.parametrize('preset', ['standard', 'full'])
