@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.vocab_size = 64
   c.task.min_period = 8
   c.task.max_period = 24
+  c.task.max_prefix = 0  # induction: up to this many random tokens before the repeats
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 2
@@ -48,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_len = 64
   c.model.causal = True
   c.model.smear_keys = False
+  c.model.nope_layers = ()  # with positions='rope': 0-based layers that skip it
   c.model.attention = ml_collections.ConfigDict({'name': 'causal'})
   for name in attention.variant_names():
     c.model.attention[name] = attention.default_options(name)
@@ -114,6 +116,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   from attnzoo.model import POSITIONS  # noqa: PLC0415
   attention.base.check(m.get('positions', 'learned') in POSITIONS, 'model.positions',
                        m.get('positions'), f'expected one of {POSITIONS}')
+  nope = tuple(m.get('nope_layers', ()))
+  attention.base.check(all(isinstance(i, int) and 0 <= i < m.num_layers for i in nope),
+                       'model.nope_layers', nope,
+                       f'expected layer indices in 0..{m.num_layers - 1}')
   name = m.attention.name
   attention.get(name)  # unknown names list the known ones
   caps = attention.capabilities(name)

@@ -31,12 +31,13 @@ def sinusoidal(length: int, d_model: int, start=0):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg, *, core, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, core, rngs: nnx.Rngs, index: int = 0):
     d = cfg.d_model
+    use_rope = cfg.positions == 'rope' and index not in tuple(cfg.get('nope_layers', ()))
     self.norm1 = nnx.LayerNorm(d, rngs=rngs)
     self.attn = MultiHeadAttention(
         d, cfg.num_heads, num_kv_heads=cfg.num_kv_heads, attention_name=cfg.attention.name,
-        options=dict(cfg.attention.get(cfg.attention.name, {})), use_rope=cfg.positions == 'rope',
+        options=dict(cfg.attention.get(cfg.attention.name, {})), use_rope=use_rope,
         smear_keys=cfg.get('smear_keys', False), core=core, rngs=rngs)
     cross = cfg.get('cross_attention', False)
     self.norm_c = nnx.LayerNorm(d, rngs=rngs) if cross else None
@@ -91,7 +92,8 @@ class Decoder(nnx.Module):
     options = dict(cfg.attention.get(name, {}))
     core = (attention.make_attention(name, rngs=rngs, **options)
             if attention.layer_shared(name, options) else None)
-    self.blocks = nnx.List([Block(cfg, core=core, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.blocks = nnx.List([Block(cfg, core=core, rngs=rngs, index=i)
+                            for i in range(cfg.num_layers)])
     self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
     self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
 

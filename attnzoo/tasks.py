@@ -32,28 +32,44 @@ def _next_token(seqs, weights, **masks):
   return out
 
 
-def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=24, **_):
+def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=24,
+              max_prefix=0, **_):
   """[BOS] + a segment of distinct random tokens repeated to length T; the period varies per
   sequence (with a fixed period a 1-layer model solves the task through positions alone).
+  max_prefix > 0: the repeats start after a run of 0 to max_prefix (at most T - 2 * period)
+  random tokens from outside the segment, so the first copy does not always start the context.
 
-  mask_first: predicting the first period (unpredictable); mask_repeat: the repeated part.
+  mask_first: predicting the prefix and the first period (unpredictable); mask_repeat: the
+  repeated part.
   """
   _check(2 <= min_period <= max_period, 'task.min_period', min_period,
          f'need 2 <= min_period <= max_period={max_period}')
-  _check(max_period < vocab_size, 'task.max_period', max_period,
-         f'a period of distinct tokens needs vocab_size={vocab_size} > max_period')
+  _check(max_period < vocab_size - (max_prefix > 0), 'task.max_period', max_period,
+         f'a period of distinct tokens needs vocab_size={vocab_size} > max_period'
+         + (' + 1 (prefix tokens come from outside the segment)' if max_prefix else ''))
   _check(2 * max_period <= seq_len, 'task.max_period', max_period,
          f'must repeat at least once within seq_len={seq_len}')
+  _check(max_prefix >= 0, 'task.max_prefix', max_prefix, 'must be >= 0')
   B, T = batch_size, seq_len
   periods = rng.integers(min_period, max_period + 1, size=B)
-  segs = np.argsort(rng.random((B, vocab_size - 1)), axis=1)[:, :max_period] + 1  # distinct
-  pos = np.arange(T)  # position in the repeated body (after BOS)
+  perm = np.argsort(rng.random((B, vocab_size - 1)), axis=1) + 1
+  segs = perm[:, :max_period]  # distinct
+  pos = np.arange(T)  # position in the body (after BOS)
+  starts = np.zeros(B, np.int64)
   body = np.take_along_axis(segs, pos[None] % periods[:, None], axis=1)
+  if max_prefix:
+    starts = rng.integers(0, np.minimum(max_prefix, T - 2 * periods) + 1)
+    others = rng.integers(0, vocab_size - 1 - max_period, size=(B, T))
+    filler = np.take_along_axis(perm[:, max_period:], others, axis=1)
+    shifted = np.take_along_axis(segs, (pos[None] - starts[:, None]) % periods[:, None], axis=1)
+    body = np.where(pos[None] < starts[:, None], filler, shifted)
   seqs = np.concatenate([np.full((B, 1), BOS), body], axis=1)  # [B, T + 1]
   idx = np.arange(T + 1)[None]
-  first = (idx >= 1) & (idx <= periods[:, None])
-  repeat = idx > periods[:, None]
-  return _next_token(seqs, idx >= 1, first=first, repeat=repeat) | {'periods': periods}
+  end = (starts + periods)[:, None]
+  first = (idx >= 1) & (idx <= end)
+  repeat = idx > end
+  return _next_token(seqs, idx >= 1, first=first, repeat=repeat) | {'periods': periods,
+                                                                     'starts': starts}
 
 
 def copy(rng, *, batch_size, seq_len, vocab_size, encoder_decoder=False, **_):

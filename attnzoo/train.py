@@ -210,14 +210,18 @@ def _flat(d: dict, prefix: str = '') -> dict[str, Any]:
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """{key: (old, new)} of the differing leaves; other variants' option sub-dicts are ignored
-  (switching `name` is itself a change, and a newly registered variant must not look like one)."""
+  (switching `name` is itself a change, and a newly registered variant must not look like one),
+  and so is a key the old run lacks that has its default value (newer code, same run)."""
   keep = lambda d: {k: v for k, v in _flat(d).items()
                     if not k.startswith('model.attention.') or k == 'model.attention.name'
                     or k.startswith(f'model.attention.{d["model"]["attention"]["name"]}.')}
   a, b = keep(old), keep(new)
   missing = object()
+  # A key added to the code after the run was written is a change only away from its default.
+  default = _flat(json.loads(config_lib.base_config().to_json()))
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(a.keys() | b.keys())
-          if a.get(k, missing) != b.get(k, missing)}
+          if a.get(k, missing) != b.get(k, missing)
+          and not (k not in a and k in default and b[k] == default[k])}
 
 
 def unsafe(changes) -> list[str]:
@@ -319,6 +323,8 @@ def _train(config, workdir, hooks, mesh, log):
       raise RunError(f'workdir={workdir!r} holds a run trained with another config; differing '
                      f'keys: {diff}. Use another --workdir, or delete this one to start over.')
     summary = _read_json(path(SUMMARY))
+    # a finished run resumed after a safe change keeps counting its time
+    before = summary if has_checkpoint and summary else {}
     if has_checkpoint and not changes and summary and summary.get('step') == t.num_steps:
       ckpt.close()
       log(f'{workdir}: already trained to step {t.num_steps}; reusing it')
@@ -410,7 +416,8 @@ def _train(config, workdir, hooks, mesh, log):
       return {'step': stop, 'split': 'eval', **ev}
     ckpt.close()
     summary = {'step': stop, 'final': {'step': stop, 'split': 'eval', **ev},
-               'wall_s': time.perf_counter() - wall0, 'train_s': sum(times),
+               'wall_s': before.get('wall_s', 0.0) + time.perf_counter() - wall0,
+               'train_s': before.get('train_s', 0.0) + sum(times),
                'step_s': statistics.median(times[1:] or times) if times else None,
                'params': cost.param_count(nnx.state(run.model(), nnx.Param)),
                'devices': int(mesh.size), 'backend': jax.default_backend(), **stats}

@@ -2,7 +2,7 @@
 
 Command:  python experiments/induction_heads.py --workdir=runs/induction_heads
           (every causal variant: add --variants=all; rebuild figures: add --report_only)
-Runtime:  86 s wall on a 2-core CPU (load 0.04 when it started): 2 runs of 400 steps with
+Runtime:  87 s wall on a quiet 2-core CPU (runs 50 s + 23 s): 2 runs of 400 steps with
           compiles, evals, checkpoints and ablations.
 Expected: 2 layers: repeat loss 0.064 nats after a 2.92-nat drop in steps 120-200 (0.006 on
           the predictable tokens), a layer-2 induction head (stripe 0.79 at the held-out length

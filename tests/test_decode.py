@@ -17,11 +17,11 @@ from helpers import SMALL_OPTIONS
 
 
 def tiny_model(name, *, num_kv_heads=4, positions='learned', smear_keys=False, mlp=False,
-               max_len=8, **options):
+               max_len=8, nope_layers=(), **options):
   c = base_config().model
   c.vocab_size, c.d_model, c.num_heads, c.num_kv_heads = 16, 16, 4, num_kv_heads
   c.num_layers, c.mlp, c.positions, c.max_len = 2, mlp, positions, max_len
-  c.smear_keys = smear_keys
+  c.smear_keys, c.nope_layers = smear_keys, nope_layers
   c.attention.name = name
   c.attention[name].update({**SMALL_OPTIONS.get(name, {}), **options})
   model = attnzoo.Decoder(c, rngs=nnx.Rngs(params=0, attention=1))
@@ -57,6 +57,19 @@ def test_cached_chunks_equal_the_full_forward(name, positions, smear):
     at += n
   assert int(cache[0].length) == at == 8
   np.testing.assert_allclose(jnp.concatenate(got, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_nope_layers_skip_rope_and_still_decode():
+  tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 16)
+  # RoPE skipped in every layer is the same model as no positions (RoPE has no parameters).
+  np.testing.assert_allclose(tiny_model('causal', positions='rope', nope_layers=(0, 1))(tokens),
+                             tiny_model('causal', positions='none')(tokens), atol=1e-6)
+  model = tiny_model('causal', positions='rope', nope_layers=(1,))
+  assert [b.attn.use_rope for b in model.blocks] == [True, False]
+  assert not np.allclose(model(tokens), tiny_model('causal', positions='rope')(tokens), atol=1e-3)
+  cache = decode.init_cache(model, batch_size=2)
+  logits, _ = decode.extend(model, cache, tokens)
+  np.testing.assert_allclose(logits, model(tokens), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize('positions', ['rope', 'learned'])

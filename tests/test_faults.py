@@ -252,10 +252,25 @@ def test_a_rerun_that_changes_what_was_trained_is_refused(short_run, tmp_path, k
   attnzoo.load_run(str(tmp_path))  # the old run stays loadable
 
 
+def test_a_run_written_before_a_config_key_existed_still_resumes(tmp_path):
+  train.train_and_evaluate(tiny(**{'train.num_steps': 4}), str(tmp_path))
+  path = tmp_path / 'config.json'
+  old = json.loads(path.read_text())
+  del old['model']['nope_layers']  # as written by code without the key
+  path.write_text(json.dumps(old))
+  assert train.train_and_evaluate(tiny(**{'train.num_steps': 6}), str(tmp_path))['step'] == 6
+  with pytest.raises(train.RunError, match=r'model\.nope_layers'):  # away from the default
+    train.train_and_evaluate(tiny(**{'train.num_steps': 6, 'model.nope_layers': (0,)}),
+                             str(tmp_path))
+
+
 def test_a_safe_change_resumes_and_is_recorded(tmp_path):
   train.train_and_evaluate(tiny(**{'train.num_steps': 4}), str(tmp_path))
+  first = json.loads((tmp_path / 'summary.json').read_text())
   final = train.train_and_evaluate(tiny(**{'train.num_steps': 6}), str(tmp_path))
   assert final['step'] == 6
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['wall_s'] > first['wall_s'] and summary['train_s'] > first['train_s']
   change, = jsonl.read(str(tmp_path / 'config_changes.jsonl'))
   assert change == {'step': 4, 'changes': {'train.num_steps': [4, 6]}}
 
@@ -280,9 +295,9 @@ BAD_VALUES = [
     ('train.weight_decay', -0.1), ('train.eval_every', 0), ('train.checkpoint_every', 0),
     ('train.eval_batches', 0), ('train.stop_after', -1), ('seed', -1), ('task.seq_len', 0),
     ('task.vocab_size', 1), ('task.name', 'sorting'), ('task.min_period', 1),
-    ('task.max_period', 40), ('model.num_layers', 0), ('model.d_model', 0),
+    ('task.max_period', 40), ('task.max_prefix', -1), ('model.num_layers', 0), ('model.d_model', 0),
     ('model.d_model', 18), ('model.num_heads', 0), ('model.num_kv_heads', 3),
-    ('model.max_len', 0), ('model.positions', 'alibi'), ('model.attention.name', 'nope'),
+    ('model.max_len', 0), ('model.positions', 'alibi'), ('model.nope_layers', (2,)), ('model.attention.name', 'nope'),
     ('model.attention.name', 'linformer'), ('model.attention.linformer.max_len', 16),
     ('model.attention.performer.num_features', 0), ('model.attention.longformer.window', 0),
     ('model.attention.blockwise.block_k', 0),

@@ -26,6 +26,21 @@ def test_induction_period_varies_tokens_distinct_and_masks_split_the_sequence():
   np.testing.assert_array_equal(b['targets'][rows, cols], b['inputs'][rows, cols + 1 - periods[rows]])
 
 
+def test_induction_prefix_moves_the_first_copy_and_keeps_it_the_only_source():
+  b = _batch(name='induction', seq_len=64, vocab_size=64, min_period=8, max_period=24,
+             max_prefix=16)
+  periods, starts = b['periods'], b['starts']
+  assert starts.min() == 0 and starts.max() == 16 and (starts <= 64 - 2 * periods).all()
+  for row, p, s in zip(b['inputs'], periods, starts):
+    seg = row[1 + s:1 + s + p]
+    assert len(set(seg.tolist())) == p and not set(row[1:1 + s].tolist()) & set(seg.tolist())
+    np.testing.assert_array_equal(row[1 + s + p:], row[1 + s:64 - p])
+  np.testing.assert_array_equal(b['mask_first'] + b['mask_repeat'], 1.0)
+  rows, cols = np.nonzero(b['mask_repeat'])
+  assert (cols >= starts[rows] + periods[rows]).all()
+  np.testing.assert_array_equal(b['targets'][rows, cols], b['inputs'][rows, cols + 1 - periods[rows]])
+
+
 def test_batches_are_deterministic_in_seed_and_step():
   cfg = dict(name='mqar', seq_len=64, vocab_size=64, num_pairs=8)
   a, b = _batch(**cfg), _batch(**cfg)

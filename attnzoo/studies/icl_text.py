@@ -7,8 +7,9 @@ into `<workdir>/<run>/`. At every eval the `ICL` hook writes a `split='icl'` row
   icl_score         Olsson's ICL score: mean loss at the late positions `study.late` minus at the
                     early ones `study.early` (Olsson: token 500 minus token 50 of 512; negative =
                     later tokens are predicted better thanks to the context)
-  prefix_matching   every head's induction (prefix-matching) score [layer][head] on
-                    `[BOS] + r + r` random-byte probes (`metrics.induction_score`)
+  prefix_matching   every head's induction (prefix-matching) score [layer][head] on `r + r`
+                    probes of distinct bytes drawn by corpus frequency (`text_probe`,
+                    `metrics.induction_score`)
 `report(workdir)` writes report.md and icl.png from those files alone.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from attnzoo import metrics, train
+from attnzoo import metrics, tasks, train
 from attnzoo.studies import common
 
 # A head counts as prefix matching above this score (as the induction study's IND_HEAD).
@@ -38,9 +39,8 @@ class ICL:
     s = config.study
     batch = train.batch_for(config, 10**6, 'eval', batch_size=s.windows)
     self.inputs, self.targets = jnp.asarray(batch['inputs']), jnp.asarray(batch['targets'])
-    self.probe = jnp.asarray(metrics.repeated_tokens(
-        np.random.default_rng([config.seed, 7]), s.probe_batch, s.probe_len,
-        config.task.vocab_size))
+    self.probe = jnp.asarray(text_probe(np.random.default_rng([config.seed, 7]),
+                                        s.probe_batch, s.probe_len))
     self.early, self.late = tuple(s.early), tuple(s.late)
     self._fn = None
 
@@ -62,6 +62,16 @@ class ICL:
     return {'loss_by_position': np.round(by_pos, 4).tolist(),
             'icl_score': icl_score(by_pos, self.early, self.late),
             'prefix_matching': np.round(prefix, 4).tolist()}
+
+
+def text_probe(rng: np.random.Generator, batch_size: int, length: int) -> np.ndarray:
+  """[B, 2L] probes r + r, r of L distinct bytes drawn by their frequency in `tasks.corpus()`
+  (uniform random bytes, most of which never occur in the text, would probe the model off its
+  training distribution; and the text has no BOS)."""
+  vals, counts = np.unique(tasks.corpus(), return_counts=True)
+  r = np.stack([rng.choice(vals, length, replace=False, p=counts / counts.sum())
+                for _ in range(batch_size)])
+  return np.concatenate([r, r], axis=1).astype(np.int32)
 
 
 def icl_score(loss_by_position, early, late) -> float:
@@ -125,8 +135,9 @@ def report(workdir: str, config) -> str:
            f'positions {config.model.positions}; {config.train.num_steps} steps of batch '
            f'{config.train.batch_size}, lr {config.train.learning_rate:g}. ICL score = mean loss '
            f'at positions {s.late[0]}–{s.late[1] - 1} minus at {s.early[0]}–{s.early[1] - 1} '
-           f'(held-out windows). Prefix matching: best head\'s induction score on `[BOS] + r + r` '
-           f'random-byte probes, |r|={s.probe_len}; a head counts above {PREFIX_HEAD}.', '']
+           f'(held-out windows). Prefix matching: best head\'s induction score on `r + r` probes, r '
+           f'{s.probe_len} distinct bytes drawn by their frequency in the corpus; a head counts '
+           f'above {PREFIX_HEAD}.', '']
   header = ['run', 'wall s', 'eval loss', 'ICL score', 'best prefix matching (layer)',
             'prefix matching > 0.3 first at', 'ICL change there', 'largest other change']
   body = []

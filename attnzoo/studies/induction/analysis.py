@@ -102,7 +102,7 @@ def analyze(run: dict) -> dict:
       'final_scores': final, 'random_head': study['random_head'],
       'generalisation': study['generalisation'], 'seed': cfg['seed'],
       'd_model': cfg['model']['d_model'], 'phase_step': phase_step(run), '_evals': evals,
-      'chance_induction': study['chance_induction'],
+      'chance_induction': study['chance_induction'], 'argmax_offsets': study['argmax_offsets'],
   }
   # Modal argmax distance of the best near-stripe head of the last layer (induction: L-1).
   head = int(np.argmax(final['stripe_near'][L - 1]))

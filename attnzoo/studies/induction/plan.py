@@ -76,6 +76,8 @@ def make_plan(config: ml_collections.ConfigDict,
         for seed in seeds or (None,):
           c = common.with_spec(config, spec)
           c.model.num_layers = layers
+          # a shallower run (the 1-layer control) keeps the RoPE-free layers it has
+          c.model.nope_layers = tuple(i for i in c.model.nope_layers if i < layers)
           name = run_name(spec, layers)
           if width is not None:
             c.model.d_model, name = width, f'{name}-d{width}'

@@ -63,9 +63,9 @@ def report(workdir: str) -> str:
            f'{t.get("eval_batches")} batches. Each variant trains a 2-layer model and a 1-layer '
            'control with the same budget.', '', '## Results', '']
   lines += common.table(
-      ['variant', 'layers', 'repeat loss', 'ICL score', 'max induction', 'max stripe (near)',
+      ['run', 'variant', 'layers', 'repeat loss', 'ICL score', 'max induction', 'max stripe (near)',
        'max prev-token', 'phase change (steps, induction score)', 'jump', 'wall s', 'verdict'],
-      [[r['variant'], r['layers'], f'{r["repeat_loss"]:.3f}', f'{r["icl_score"]:.2f}',
+      [[r['run'], r['variant'], r['layers'], f'{r["repeat_loss"]:.3f}', f'{r["icl_score"]:.2f}',
         f'{r["max_induction"]:.2f}', f'{r["max_stripe"]:.2f} ({r["max_stripe_near"]:.2f})',
         f'{r["max_previous_token"]:.2f}', _window(r), _jump(r), f'{r["wall_s"]:.0f}',
         r['verdict']] for r in rows])
@@ -98,7 +98,8 @@ def report(workdir: str) -> str:
                           [[text, *(mark[c[key]] for c in variant_checks.values())]
                            for key, text in analysis.CHECKS])
     lines.append('')
-  lines += seed_lines(rows, workdir) + ablation_lines(rows) + generalisation_lines(rows)
+  lines += seed_lines(rows, workdir) + ablation_lines(rows) + offset_lines(rows)
+  lines += generalisation_lines(rows)
   lines += ['## Figures', '']
   if rows:
     plot_curves(rows, runs, os.path.join(workdir, 'curves.png'))
@@ -142,9 +143,9 @@ def ablation_lines(rows) -> list[str]:
   rise = analysis.rise
   lines = ['## Path ablations (Elhage et al. 2021: Q-, K- and V-composition)', '']
   lines += common.table(
-      ['variant', 'layers', 'earlier layers\' output removed from the last layer\'s',
+      ['run', 'earlier layers\' output removed from the last layer\'s',
        'repeat loss: mean-ablation', 'zero-ablation', 'max last-layer induction (mean / zero)'],
-      [[r['variant'], r['layers'], {'q': 'query', 'k': 'key', 'v': 'value'}[kind] + ' input',
+      [[r['run'], {'q': 'query', 'k': 'key', 'v': 'value'}[kind] + ' input',
         f'{r["repeat_loss"]:.3f} → {analysis.ablation(r, f"path_{kind}")["loss_repeat"]:.3f}',
         f'{analysis.ablation(r, f"path_{kind}", "zero")["loss_repeat"]:.3f}',
         f'{analysis.ablation(r, f"path_{kind}")["max_induction"]:.2f} / '
@@ -167,11 +168,11 @@ def ablation_lines(rows) -> list[str]:
       scores = '' if len(heads) > 1 else (
           f'{sc["previous_token"][heads[0][0]][heads[0][1]]:.2f} / '
           f'{sc["induction"][heads[0][0]][heads[0][1]]:.2f}')
-      table.append([r['variant'], r['layers'], _heads(heads), what, scores,
+      table.append([r['run'], _heads(heads), what, scores,
                     f'{rise(r, a["ablated"], heads=heads):+.3f}',
                     f'{rise(r, a["ablated"], "zero", heads=heads):+.3f}',
                     f'{a["max_induction"]:.2f}'])
-  lines += common.table(['variant', 'layers', 'heads (layer.head)', 'group', 'prev-token / '
+  lines += common.table(['run', 'heads (layer.head)', 'group', 'prev-token / '
                          'induction score', 'Δ repeat loss, mean-ablation', 'zero-ablation',
                          'max last-layer induction after (mean)'], table)
   lines += ['', f'*previous_token_heads*: every layer-1 head with previous-token score > '
@@ -183,9 +184,11 @@ def ablation_lines(rows) -> list[str]:
       continue
     singles = [rise(r, 'head', heads=[[0, h]]) for h in range(len(r['final_scores']['induction'][0]))]
     group = rise(r, 'previous_token_heads')
-    lines.append(f'- {r["variant"]}: the largest rise from mean-ablating one layer-1 head is '
-                 f'{max(singles):.3f} nats, from all its previous-token heads together '
-                 f'{common.fmt(group)} nats' + (
+    lines.append(f'- {r["run"]}: the largest rise from mean-ablating one layer-1 head is '
+                 f'{max(singles):.3f} nats, ' + (
+                     f'no layer-1 head has a previous-token score > {hooks.PREV_HEAD}'
+                     if group is None else
+                     f'from all its previous-token heads together {group:.3f} nats') + (
                      ': the previous-token function is spread over several heads (redundant).'
                      if group is not None and max(singles) < 1.0 < group else '.'))
   return lines + ['']
@@ -221,20 +224,42 @@ def seed_lines(rows, workdir) -> list[str]:
 
 
 def generalisation_lines(rows) -> list[str]:
-  table = []
+  """One row per run, one column per kind of sequence (the first is in distribution)."""
+  cells = {}
   for r in rows:
     g = r['generalisation']
-    table += [[r['variant'], r['layers'], f'task, T={t["seq_len"]}, periods '
-               f'{t["periods"][0]}–{t["periods"][1]}', f'{t["loss"]:.3f}'] for t in g['task']]
-    table += [[r['variant'], r['layers'], f'probe [BOS] + r + r, L = {p["length"]}',
-               f'{p["loss"]:.3f}'] for p in g['probe']]
-  if not table:
+    for t in g['task']:
+      cells.setdefault(f'task T={t["seq_len"]}, periods {t["periods"][0]}–{t["periods"][1]}',
+                       {})[r['run']] = t['loss']
+    for p in g['probe']:
+      cells.setdefault(f'probe L={p["length"]}', {})[r['run']] = p['loss']
+  if not cells:
     return []
+  body = [[r['run']] + [common.fmt(c.get(r['run']), '.3f') for c in cells.values()] for r in rows]
   return (['## Generalisation: loss on predictable tokens (nats)', '',
            'Predictable: the input token occurred one period earlier (task sequences) or is in '
-           'the second copy (probes, from its second token on). The first row of each run is '
-           'in distribution. Lengths beyond a model\'s learned positions are left out.', '']
-          + common.table(['variant', 'layers', 'sequences', 'loss'], table) + [''])
+           'the second copy (`[BOS] + r + r` probes of |r| = L, from its second token on). The '
+           'first column is in distribution. Lengths beyond a model\'s learned positions are '
+           'left out (—).', ''] + common.table(['run', *cells], body) + [''])
+
+
+def offset_lines(rows) -> list[str]:
+  """Each head's most-attended distance on the probes: an induction head peaks at L-1, a
+  previous-token head at 1; other circuits show here when the named scores miss them."""
+  body = []
+  for r in rows:
+    offsets = np.asarray(r['argmax_offsets'])  # [L, H, T]
+    body += [[r['run'], layer + 1] + [f'{int(np.argmax(h))} ({h.max():.2f})' for h in heads]
+             for layer, heads in enumerate(offsets)]
+  if not body:
+    return []
+  H = max(len(b) - 2 for b in body)
+  return (['## Most-attended distance of each head', '',
+           f'On the `[BOS] + r + r` probes (L = {rows[0]["stripe_len"]}, second-copy queries): '
+           'the distance i − j of the most-attended key and, in brackets, the share of queries '
+           f'whose most-attended key is at that distance. Induction: {rows[0]["stripe_len"] - 1}; '
+           'previous token: 1.', ''] + common.table(['run', 'layer', *(f'head {h}' for h in
+                                                                     range(H))], body) + [''])
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -259,7 +284,7 @@ def plot_curves(rows, runs, path):
     run = runs[row['run']]
     color, marker = style[row['variant']]
     kw = dict(color=color, marker=marker, markersize=3, markevery=4,
-              ls='-' if row['layers'] >= 2 else '--', label=f'{row["variant"]} ({row["layers"]}L)')
+              ls='-' if row['layers'] >= 2 else '--', label=row['run'])
     evals, scores = run['rows']['eval'], run['rows']['scores']
     ax_loss.plot([r['step'] for r in evals], [max(r['loss_repeat'], 1e-3) for r in evals], **kw)
     ax_score.plot([r['step'] for r in scores], [float(np.max(r['induction'])) for r in scores],
@@ -324,7 +349,7 @@ def plot_generalisation(rows, path):
   fig, (ax_len, ax_pos) = plt.subplots(1, 2, figsize=(13, 4.5))
   for row in rows:
     g, (color, marker) = row['generalisation'], style[row['variant']]
-    label = f'{row["variant"]} ({row["layers"]}L)'
+    label = row["run"]
     ls = '-' if row['layers'] >= 2 else '--'
     if g['probe']:
       ax_len.plot([p['length'] for p in g['probe']], [max(p['loss'], 1e-4) for p in g['probe']],

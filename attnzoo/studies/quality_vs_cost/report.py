@@ -51,9 +51,9 @@ def breakdown_table(rows: list[dict]) -> list[str]:
     return []
   bins = rows[0]['bins']
   used = [i for i in range(len(bins)) if any(r['count'][i] for r in rows)]
-  header = ['variant', 'form'] + [an.bin_text(bins[i]) for i in used]
-  body = [[f'`{r["label"]}`', r['form']] + [common.fmt(an.bin_accuracy(r)[i], '.2f')
-                                            for i in used] for r in rows]
+  header = ['variant', 'form', 'd_model'] + [an.bin_text(bins[i]) for i in used]
+  body = [[f'`{r["label"]}`', r['form'], r['width']]
+          + [common.fmt(an.bin_accuracy(r)[i], '.2f') for i in used] for r in rows]
   return common.table(header, body)
 
 
