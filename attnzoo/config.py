@@ -27,6 +27,14 @@ def config_file(name: str, *args) -> ml_collections.ConfigDict:
   return module.get_config(*args)
 
 
+def set_depth(config: ml_collections.ConfigDict, num_layers: int) -> None:
+  """config.model.num_layers = num_layers, keeping only the RoPE-free layers (`nope_layers`)
+  that the shallower or deeper model has (a study's 1-layer control of a 2-layer config)."""
+  config.model.num_layers = num_layers
+  config.model.nope_layers = tuple(i for i in config.model.get('nope_layers', ())
+                                   if i < num_layers)
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -55,14 +55,13 @@ def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=
   perm = np.argsort(rng.random((B, vocab_size - 1)), axis=1) + 1
   segs = perm[:, :max_period]  # distinct
   pos = np.arange(T)  # position in the body (after BOS)
-  starts = np.zeros(B, np.int64)
-  body = np.take_along_axis(segs, pos[None] % periods[:, None], axis=1)
+  starts = (rng.integers(0, np.minimum(max_prefix, T - 2 * periods) + 1) if max_prefix
+            else np.zeros(B, np.int64))
+  body = np.take_along_axis(segs, (pos[None] - starts[:, None]) % periods[:, None], axis=1)
   if max_prefix:
-    starts = rng.integers(0, np.minimum(max_prefix, T - 2 * periods) + 1)
     others = rng.integers(0, vocab_size - 1 - max_period, size=(B, T))
     filler = np.take_along_axis(perm[:, max_period:], others, axis=1)
-    shifted = np.take_along_axis(segs, (pos[None] - starts[:, None]) % periods[:, None], axis=1)
-    body = np.where(pos[None] < starts[:, None], filler, shifted)
+    body = np.where(pos[None] < starts[:, None], filler, body)
   seqs = np.concatenate([np.full((B, 1), BOS), body], axis=1)  # [B, T + 1]
   idx = np.arange(T + 1)[None]
   end = (starts + periods)[:, None]

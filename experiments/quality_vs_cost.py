@@ -30,7 +30,8 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   # The report estimates the GPU-sized preset's CPU time from the steps timed in this run.
-  full = {} if FLAGS.config.study.estimate else {'full': config_lib.config_file('quality_vs_cost', 'full')}
+  full = ({} if FLAGS.config.study.estimate else
+          {'full': config_lib.config_file('quality_vs_cost', 'full')})
   text = quality_vs_cost.run(FLAGS.config, FLAGS.workdir, estimate_for=full,
                              log=lambda line: print(line, flush=True))
   if FLAGS.config.study.estimate:

@@ -37,8 +37,7 @@ def qkv(seed, B=2, T=24, S=None, H=4, G=2, D=8, dtype=jnp.float32):
           jax.random.normal(kv, (B, S, G, D), dtype))
 
 
-def load_config(name, *args):
-  return config_lib.config_file(name, *args)
+load_config = config_lib.config_file  # configs/<name>.py's get_config(*args)
 
 
 def tiny(**overrides):

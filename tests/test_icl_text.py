@@ -9,6 +9,7 @@ from attnzoo import tasks
 from attnzoo.studies import icl_text
 from helpers import load_config
 
+
 def test_text_task_splits_are_disjoint_windows_of_the_corpus():
   cfg = ml_collections.ConfigDict(dict(name='text', seq_len=64, vocab_size=256, heldout=0.1))
   data = tasks.corpus().tobytes()

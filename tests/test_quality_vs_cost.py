@@ -15,13 +15,9 @@ from attnzoo.studies.quality_vs_cost import analysis, hooks, plan
 from helpers import load_config
 
 
-def study_config(preset):
-  return load_config('quality_vs_cost', preset)
-
-
 @pytest.mark.parametrize('preset', ['standard', 'full'])
 def test_plan_has_every_variant_with_a_run_or_a_reason(preset):
-  config = study_config(preset)
+  config = load_config('quality_vs_cost', preset)
   runs, dropped = plan.make_plan(config)
   trained = {r.spec.name for r in runs}
   named = {row.split(' ')[2].split(':')[0] for row in dropped}
@@ -51,7 +47,7 @@ def test_plan_has_every_variant_with_a_run_or_a_reason(preset):
 
 
 def test_unrunnable_rows_are_dropped_with_the_reason():
-  config = study_config('test')
+  config = load_config('quality_vs_cost', 'test')
   config.study.variants = ('causal', 'causal:model.num_kv_heads=3', 'performer:num_features=8')
   config.study.tasks.mqar.widths = (16, 32)
   runs, dropped = plan.make_plan(config)
@@ -62,15 +58,15 @@ def test_unrunnable_rows_are_dropped_with_the_reason():
 
 
 def test_bad_study_fields_are_named():
-  config = study_config('test')
+  config = load_config('quality_vs_cost', 'test')
   config.study.tasks.mqar.widths = (18,)
   with pytest.raises(ValueError, match='study.tasks.mqar.widths'):
     plan.make_plan(config)
-  config = study_config('test')
+  config = load_config('quality_vs_cost', 'test')
   config.study.cheap_task = 'nope'
   with pytest.raises(ValueError, match="study.cheap_task='nope'"):
     plan.make_plan(config)
-  config = study_config('test')
+  config = load_config('quality_vs_cost', 'test')
   config.study.variants = ('performer:features=3',)
   with pytest.raises(ValueError, match='features'):
     plan.make_plan(config)
@@ -78,9 +74,9 @@ def test_bad_study_fields_are_named():
 
 def test_tiny_study_end_to_end(tmp_path):
   workdir = str(tmp_path / 'study')
-  config = study_config('test')
+  config = load_config('quality_vs_cost', 'test')
   log = []
-  bigger = study_config('test')
+  bigger = load_config('quality_vs_cost', 'test')
   bigger.train.batch_size *= 2
   text = qvc.run(config, workdir, log=log.append, estimate_for={'bigger': bigger})
   runs, dropped = plan.make_plan(config)
@@ -109,7 +105,7 @@ def test_tiny_study_end_to_end(tmp_path):
   config.study.report_only = True
   assert qvc.run(config, workdir, log=log.append, estimate_for={'bigger': bigger}) == text
   assert not log
-  assert plan.estimate_from_runs(study_config('test'), runs, rows) > 0
+  assert plan.estimate_from_runs(load_config('quality_vs_cost', 'test'), runs, rows) > 0
   est = plan.estimate(config, runs[:1], log=log.append)
   assert list(est) == [runs[0].name] and est[runs[0].name] > 0
 

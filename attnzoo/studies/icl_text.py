@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from attnzoo import config as config_lib
 from attnzoo import metrics, tasks, train
 from attnzoo.studies import common
 
@@ -84,7 +85,7 @@ def make_plan(config) -> dict[str, ml_collections.ConfigDict]:
   plan = {}
   for depth in config.study.depths:
     c = ml_collections.ConfigDict(config.to_dict())
-    c.model.num_layers = depth
+    config_lib.set_depth(c, depth)
     plan[f'text_{depth}l_s{config.seed}'] = c
   return plan
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from attnzoo import attention
+from attnzoo import config as config_lib
 from attnzoo.studies import common
 
 # `all`: every causal-capable registered variant, minus presets identical to `causal` (same
@@ -75,9 +76,7 @@ def make_plan(config: ml_collections.ConfigDict,
       for width in widths or (None,):
         for seed in seeds or (None,):
           c = common.with_spec(config, spec)
-          c.model.num_layers = layers
-          # a shallower run (the 1-layer control) keeps the RoPE-free layers it has
-          c.model.nope_layers = tuple(i for i in c.model.nope_layers if i < layers)
+          config_lib.set_depth(c, layers)
           name = run_name(spec, layers)
           if width is not None:
             c.model.d_model, name = width, f'{name}-d{width}'
