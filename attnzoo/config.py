@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.min_period = 8
   c.task.max_period = 24
   c.task.max_prefix = 0  # induction: up to this many random tokens before the repeats
+  c.task.max_gap = 0  # induction: up to this many random tokens after the first copy
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 2
@@ -58,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.causal = True
   c.model.smear_keys = False
   c.model.nope_layers = ()  # with positions='rope': 0-based layers that skip it
+  c.model.rope_base = 10000.0  # with positions='rope': wavelengths 2 pi base^(2i/D)
+  c.model.rope_fraction = 1.0  # with positions='rope': the fraction of frequencies kept
+  c.model.scalable_softmax = False  # queries scaled by log(keys seen): needs causal
   c.model.attention = ml_collections.ConfigDict({'name': 'causal'})
   for name in attention.variant_names():
     c.model.attention[name] = attention.default_options(name)
@@ -114,6 +118,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   _number(config, 'train.grad_clip', kind=float, low=0, low_open=True)
   _number(config, 'train.weight_decay', kind=float, low=0)
   _number(config, 'train.final_lr_fraction', kind=float, low=0, high=1)
+  _number(config, 'model.rope_fraction', kind=float, low=0, high=1, low_open=True)
+  _number(config, 'model.rope_base', kind=float, low=1, low_open=True)
   t, m = config.train, config.model
   attention.base.check(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
                        f'must be divisible by the {num_devices} data-parallel devices')
@@ -133,6 +139,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   caps = attention.capabilities(name)
   causal = m.get('causal', True)
   attention.base.check(isinstance(causal, bool), 'model.causal', causal, 'expected a bool')
+  ssmax = m.get('scalable_softmax', False)
+  attention.base.check(isinstance(ssmax, bool), 'model.scalable_softmax', ssmax, 'expected a bool')
+  attention.base.check(causal or not ssmax, 'model.scalable_softmax', ssmax,
+                       'scales a query by its causal key count: needs model.causal=True')
   attention.base.check(not causal or caps.causal, 'model.attention.name', name,
                        'variant is not causal-capable; use model.causal=False')
   options = dict(m.attention.get(name, {}))

@@ -23,10 +23,16 @@ from flax import nnx
 from attnzoo import attention
 
 
-def rope(x, positions, base: float = 10000.0):
-  """Rotary position embedding (Su et al. 2021) on x [B, T, N, D] (D even), positions [T]."""
+def rope(x, positions, base: float = 10000.0, fraction: float = 1.0):
+  """Rotary position embedding (Su et al. 2021) on x [B, T, N, D] (D even), positions [T].
+
+  fraction < 1 keeps only that fraction of the D/2 frequencies, the highest (p-RoPE, Barbero et
+  al. 2024): the others rotate by 0, so those dimensions carry content alone. A low frequency
+  turns less than a full cycle within a training length, so at longer distances it shows
+  angles never trained on; the high ones cycle many times and show none new."""
   D = x.shape[-1]
-  freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2]
+  freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2], highest first
+  freqs = jnp.where(jnp.arange(D // 2) < round(fraction * (D // 2)), freqs, 0.0)
   angles = positions[:, None].astype(jnp.float32) * freqs[None, :]  # [T, D/2]
   sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]  # [1, T, 1, D/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -59,8 +65,9 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                attention_name: str = 'dense', options: dict | None = None, use_rope: bool = False,
-               smear_keys: bool = False, core: attention.Attention | None = None,
-               rngs: nnx.Rngs):
+               rope_base: float = 10000.0, rope_fraction: float = 1.0,
+               scalable_softmax: bool = False,
+               smear_keys: bool = False, core: attention.Attention | None = None, rngs: nnx.Rngs):
     entry = attention.get(attention_name)
     attention.base.check(d_model % num_heads == 0, 'model.d_model', d_model,
                          f'must be divisible by num_heads={num_heads}')
@@ -71,7 +78,8 @@ class MultiHeadAttention(nnx.Module):
     self.num_heads, self.head_dim = num_heads, d_model // num_heads
     self.num_kv_heads = entry.kv_heads(num_heads, num_kv_heads)
     self.shared_qk = entry.capabilities.shared_qk
-    self.use_rope = use_rope
+    self.use_rope, self.rope_base, self.rope_fraction = use_rope, rope_base, rope_fraction
+    self.scalable_softmax = scalable_softmax
     H, G, D = num_heads, self.num_kv_heads, self.head_dim
     if use_rope:
       attention.base.check(D % 2 == 0, 'head_dim', D, 'RoPE needs an even head_dim')
@@ -84,9 +92,21 @@ class MultiHeadAttention(nnx.Module):
     self.core = core if core is not None else attention.make_attention(
         attention_name, rngs=rngs, **(options or {}))
 
+  def place(self, q, k, positions):
+    """Self-attention's q [B, T, H, D] and k [B, T, G, D] at positions [T]: rotated if this
+    layer uses RoPE, and q scaled by log_64(n), n = position + 1 the number of keys a causal
+    query sees, if it uses Scalable-Softmax (Nakanishi 2025: attention that stays as peaked at
+    a longer length as at the training length; 1 at n = 64)."""
+    if self.use_rope:
+      q, k = (rope(x, positions, self.rope_base, self.rope_fraction) for x in (q, k))
+    if self.scalable_softmax:
+      n = positions.astype(jnp.float32) + 1
+      q = q * (jnp.log(n) / jnp.log(64.0))[None, :, None, None]
+    return q, k
+
   def project(self, x, context=None):
     """x [B, T, d] (context [B, S, d] for cross-attention) -> q [B, T, H, D], k, v [B, S, G, D]
-    after RoPE and key smearing: exactly what the core sees."""
+    after RoPE, query scaling and key smearing: exactly what the core sees."""
     q, _, k, v = self._project(x, context, jnp.arange(x.shape[1]), None)
     return q, k, v
 
@@ -99,16 +119,14 @@ class MultiHeadAttention(nnx.Module):
     H, G, D = self.num_heads, self.num_kv_heads, self.head_dim
     q = self.q_proj(x).reshape(B, T, H, D)
     v = self.v_proj(src).reshape(B, S, G, D)
-    if self.use_rope and context is None:
-      q = rope(q, positions)
     if self.shared_qk:
       attention.base.check(context is None, 'context', 'given',
                            f'{self.core.name} shares Q and K, so it only does self-attention')
       raw = q
     else:
       raw = self.k_proj(src).reshape(B, S, G, D)
-      if self.use_rope and context is None:
-        raw = rope(raw, positions)
+    if context is None:
+      q, raw = self.place(q, raw, positions)
     k = raw
     if self.smear is not None:
       a = jax.nn.sigmoid(self.smear[...])[None, None, :, None]  # [1, 1, K/V heads, 1]

@@ -38,6 +38,8 @@ class Block(nnx.Module):
     self.attn = MultiHeadAttention(
         d, cfg.num_heads, num_kv_heads=cfg.num_kv_heads, attention_name=cfg.attention.name,
         options=dict(cfg.attention.get(cfg.attention.name, {})), use_rope=use_rope,
+        rope_base=cfg.get('rope_base', 10000.0), rope_fraction=cfg.get('rope_fraction', 1.0),
+        scalable_softmax=cfg.get('scalable_softmax', False),
         smear_keys=cfg.get('smear_keys', False), core=core, rngs=rngs)
     cross = cfg.get('cross_attention', False)
     self.norm_c = nnx.LayerNorm(d, rngs=rngs) if cross else None
@@ -84,6 +86,9 @@ class Decoder(nnx.Module):
     self.causal = cfg.get('causal', True)
     attention.base.check(not self.causal or entry.capabilities.causal, 'model.attention.name',
                          name, 'variant is not causal-capable; use model.causal=False')
+    attention.base.check(self.causal or not cfg.get('scalable_softmax', False),
+                         'model.scalable_softmax', True,
+                         'scales a query by its causal key count: needs model.causal=True')
     self.positions, self.max_len, self.d_model = cfg.positions, cfg.max_len, cfg.d_model
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
     if cfg.positions == 'learned':

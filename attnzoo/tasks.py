@@ -33,42 +33,57 @@ def _next_token(seqs, weights, **masks):
 
 
 def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=24,
-              max_prefix=0, **_):
+              max_prefix=0, max_gap=0, **_):
   """[BOS] + a segment of distinct random tokens repeated to length T; the period varies per
   sequence (with a fixed period a 1-layer model solves the task through positions alone).
-  max_prefix > 0: the repeats start after a run of 0 to max_prefix (at most T - 2 * period)
-  random tokens from outside the segment, so the first copy does not always start the context.
+  max_prefix > 0: the repeats start after a run of 0 to max_prefix random tokens from outside
+  the segment, so the first copy does not always start the context. max_gap > 0: 0 to max_gap
+  such tokens follow the first copy, so the second copy finds the first one at a distance of
+  period + gap, not always at the period. Prefix and gap together leave room for two copies.
 
-  mask_first: predicting the prefix and the first period (unpredictable); mask_repeat: the
-  repeated part.
+  mask_first: predicting the prefix, the first period, the gap and the token after it
+  (unpredictable); mask_repeat: the repeated part.
   """
   _check(2 <= min_period <= max_period, 'task.min_period', min_period,
          f'need 2 <= min_period <= max_period={max_period}')
-  _check(max_period < vocab_size - (max_prefix > 0), 'task.max_period', max_period,
+  filler = max_prefix > 0 or max_gap > 0
+  _check(max_period < vocab_size - filler, 'task.max_period', max_period,
          f'a period of distinct tokens needs vocab_size={vocab_size} > max_period'
-         + (' + 1 (prefix tokens come from outside the segment)' if max_prefix else ''))
+         + (' + 1 (filler tokens come from outside the segment)' if filler else ''))
   _check(2 * max_period <= seq_len, 'task.max_period', max_period,
          f'must repeat at least once within seq_len={seq_len}')
   _check(max_prefix >= 0, 'task.max_prefix', max_prefix, 'must be >= 0')
+  _check(max_gap >= 0, 'task.max_gap', max_gap, 'must be >= 0')
   B, T = batch_size, seq_len
   periods = rng.integers(min_period, max_period + 1, size=B)
   perm = np.argsort(rng.random((B, vocab_size - 1)), axis=1) + 1
   segs = perm[:, :max_period]  # distinct
   pos = np.arange(T)  # position in the body (after BOS)
-  starts = (rng.integers(0, np.minimum(max_prefix, T - 2 * periods) + 1) if max_prefix
+  room = T - 2 * periods  # filler positions two copies leave
+  starts = (rng.integers(0, np.minimum(max_prefix, room) + 1) if max_prefix
             else np.zeros(B, np.int64))
-  body = np.take_along_axis(segs, (pos[None] - starts[:, None]) % periods[:, None], axis=1)
-  if max_prefix:
+  gaps = (rng.integers(0, np.minimum(max_gap, room - starts) + 1) if max_gap
+          else np.zeros(B, np.int64))
+  # After a gap the repeats resume at a random phase, so no fixed position predicts them.
+  phases = rng.integers(0, periods) * (gaps > 0) if max_gap else np.zeros(B, np.int64)
+  first_end = (starts + periods)[:, None]  # body position after the first copy
+  shift = np.where(pos[None] < first_end, starts[:, None], (starts + gaps - phases)[:, None])
+  body = np.take_along_axis(segs, (pos[None] - shift) % periods[:, None], axis=1)
+  if filler:
     others = rng.integers(0, vocab_size - 1 - max_period, size=(B, T))
-    filler = np.take_along_axis(perm[:, max_period:], others, axis=1)
-    body = np.where(pos[None] < starts[:, None], filler, body)
+    fill = np.take_along_axis(perm[:, max_period:], others, axis=1)
+    is_fill = (pos[None] < starts[:, None]) | (
+        (pos[None] >= first_end) & (pos[None] < first_end + gaps[:, None]))
+    body = np.where(is_fill, fill, body)
   seqs = np.concatenate([np.full((B, 1), BOS), body], axis=1)  # [B, T + 1]
   idx = np.arange(T + 1)[None]
-  end = (starts + periods)[:, None]
+  # seqs index of the last token before the repeats: the first copy's last, or with a gap the
+  # first one after it (its input is filler), so every repeat target's input is a segment token
+  end = first_end + gaps[:, None] + (gaps[:, None] > 0)
   first = (idx >= 1) & (idx <= end)
   repeat = idx > end
-  return _next_token(seqs, idx >= 1, first=first, repeat=repeat) | {'periods': periods,
-                                                                     'starts': starts}
+  return _next_token(seqs, idx >= 1, first=first, repeat=repeat) | {
+      'periods': periods, 'starts': starts, 'gaps': gaps}
 
 
 def copy(rng, *, batch_size, seq_len, vocab_size, encoder_decoder=False, **_):

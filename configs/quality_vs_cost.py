@@ -57,7 +57,7 @@ def get_config(preset: str = 'standard'):
   # in T=32 (measured: at 12 pairs, T=48, dense stayed near 0.3 on 1 of 2 seeds after 2000-3000
   # steps; at 4 pairs one seed needs more steps: 0.92 after 1500, 0.98 after 2500).
   # d_model=32 (4 heads of 8) is a width at which dense fails (0.25, measured at 4 pairs).
-  # Induction is configs/induction_heads_rope.py's task and budget (solved in 250 steps there);
+  # Induction is configs/induction_heads_learned.py's task and learning rate, with 500 steps;
   # at T=32 with periods 4-12 dense plateaued near 0.87 on 2 of 3 seeds.
   s.tasks = ml_collections.ConfigDict({
       'mqar_t16': _task((64, 32), steps=2500, name='mqar', seq_len=16, vocab_size=128,

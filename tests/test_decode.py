@@ -10,18 +10,20 @@ import pytest
 from flax import nnx
 
 import attnzoo
-from attnzoo import attention, decode
+from attnzoo import attention, decode, layers
 from attnzoo.config import base_config
 
 from helpers import SMALL_OPTIONS
 
 
 def tiny_model(name, *, num_kv_heads=4, positions='learned', smear_keys=False, mlp=False,
-               max_len=8, nope_layers=(), **options):
+               max_len=8, nope_layers=(), rope_fraction=1.0, scalable_softmax=False,
+               **options):
   c = base_config().model
   c.vocab_size, c.d_model, c.num_heads, c.num_kv_heads = 16, 16, 4, num_kv_heads
   c.num_layers, c.mlp, c.positions, c.max_len = 2, mlp, positions, max_len
-  c.smear_keys, c.nope_layers = smear_keys, nope_layers
+  c.smear_keys, c.nope_layers, c.rope_fraction = smear_keys, nope_layers, rope_fraction
+  c.scalable_softmax = scalable_softmax
   c.attention.name = name
   c.attention[name].update({**SMALL_OPTIONS.get(name, {}), **options})
   model = attnzoo.Decoder(c, rngs=nnx.Rngs(params=0, attention=1))
@@ -70,6 +72,52 @@ def test_nope_layers_skip_rope_and_still_decode():
   cache = decode.init_cache(model, batch_size=2)
   logits, _ = decode.extend(model, cache, tokens)
   np.testing.assert_allclose(logits, model(tokens), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize('fraction', [1.0, 0.25])
+def test_rope_rotates_the_kept_planes_by_position_and_leaves_the_rest(fraction):
+  B, T, N, D = 2, 12, 3, 16
+  x = jax.random.normal(jax.random.key(0), (B, T, N, D))
+  out = np.asarray(layers.rope(x, jnp.arange(T), fraction=fraction))
+  kept = round(fraction * D // 2)
+  # Reference: plane i = dims (i, i + D/2) turned by angle t * 10000**(-2i/D).
+  xs = np.asarray(x)
+  for i in range(D // 2):
+    a = np.arange(T)[None, :, None] * 10000.0 ** (-2 * i / D) * (i < kept)
+    c, s = np.cos(a), np.sin(a)
+    np.testing.assert_allclose(out[..., i], xs[..., i] * c - xs[..., i + D // 2] * s, atol=1e-5)
+    np.testing.assert_allclose(out[..., i + D // 2], xs[..., i + D // 2] * c + xs[..., i] * s,
+                               atol=1e-5)
+  # q . k depends on the positions' difference only
+  q, k = x[:, :1], x[:, 1:2]
+  dot = lambda p, r: np.asarray((layers.rope(q, jnp.array([p]), fraction=fraction)
+                                 * layers.rope(k, jnp.array([r]), fraction=fraction)).sum(-1))
+  np.testing.assert_allclose(dot(3, 1), dot(40, 38), atol=1e-4)
+
+
+def test_scalable_softmax_scales_each_query_by_log64_of_its_key_count():
+  attn = tiny_model('causal', positions='rope', scalable_softmax=True).blocks[0].attn
+  q, k = jax.random.normal(jax.random.key(1), (2, 2, 70, 4, 4))
+  pos = jnp.arange(70)
+  got_q, got_k = attn.place(q, k, pos)
+  want_q, want_k = (layers.rope(x, pos) for x in (q, k))
+  scale = np.log(np.arange(1, 71)) / np.log(64)  # 0 at the first query (a single key), 1 at 64
+  np.testing.assert_allclose(got_q, want_q * scale[None, :, None, None], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got_k, want_k)
+
+
+def test_partial_rope_and_scalable_softmax_decode_like_the_forward():
+  tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 16)
+  model = tiny_model('causal', positions='rope', rope_fraction=0.5, scalable_softmax=True)
+  assert not np.allclose(model(tokens), tiny_model('causal', positions='rope')(tokens), atol=1e-3)
+  logits, _ = decode.extend(model, decode.init_cache(model, batch_size=2), tokens)
+  np.testing.assert_allclose(logits, model(tokens), atol=2e-5, rtol=2e-5)
+  # decoding one token at a time: each step's query is scaled by its own key count
+  cache, steps = decode.init_cache(model, batch_size=2), []
+  for i in range(8):
+    out, cache = decode.extend(model, cache, tokens[:, i:i + 1])
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), model(tokens), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize('positions', ['rope', 'learned'])

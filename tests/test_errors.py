@@ -56,6 +56,8 @@ BAD = {
     'decoder d_model': (lambda: _model(d_model=18), 'model.d_model'),
     'decoder variant name': (lambda: _model(**{'attention.name': 'nope'}), 'name'),
     'decoder layers': (lambda: _model(num_layers=0), 'model.num_layers'),
+    'scalable softmax without causal': (lambda: _model(causal=False, scalable_softmax=True),
+                                        'model.scalable_softmax'),
     'sequence too long': (lambda: _model()(jnp.zeros((1, 40), jnp.int32)), 'tokens.shape'),
     'task name': (lambda: _task(name='sorting'), 'task.name'),
     'induction period': (lambda: _task(max_period=16), 'task.max_period'),

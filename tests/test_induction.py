@@ -193,7 +193,7 @@ def hand_built_circuit():
   layer 1 attends from position i to i-1 and writes that token into a PREV subspace; layer 2
   queries with the current token, keys on PREV (K-composition) and copies the key's token into
   an OUT subspace, which the unembedding reads."""
-  cfg = load_config('induction_heads').model
+  cfg = load_config('induction_heads_learned').model
   cfg.update(vocab_size=V, max_len=T, d_model=D_MODEL, num_heads=1, num_kv_heads=1,
              num_layers=2)
   model = Decoder(cfg, rngs=nnx.Rngs(0))
@@ -233,7 +233,9 @@ def repeat_loss(logits, batch):
 def test_path_forward_without_ablation_is_the_models_forward_exactly():
   x = jnp.asarray(circuit_batch()['inputs'])
   random_init = Decoder(train.model_config(tiny_config()), rngs=nnx.Rngs(3))  # GQA, V = 16
-  for model in (hand_built_circuit(), random_init):
+  # the default study's model: partial RoPE and Scalable-Softmax
+  default = Decoder(train.model_config(load_config('induction_heads')), rngs=nnx.Rngs(4))
+  for model in (hand_built_circuit(), random_init, default):
     logits, attns = model(x, return_attention=True)
     got, got_attns = circuit.forward(model, x)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(logits))

@@ -41,6 +41,30 @@ def test_induction_prefix_moves_the_first_copy_and_keeps_it_the_only_source():
   np.testing.assert_array_equal(b['targets'][rows, cols], b['inputs'][rows, cols + 1 - periods[rows]])
 
 
+def test_induction_gap_puts_filler_after_the_first_copy_and_resumes_at_a_random_phase():
+  b = _batch(name='induction', seq_len=64, vocab_size=64, min_period=8, max_period=24,
+             max_gap=40)
+  periods, gaps = b['periods'], b['gaps']
+  assert gaps.min() == 0 and gaps.max() > 20 and (gaps <= 64 - 2 * periods).all()
+  phases = set()
+  for row, tgt, rep, p, g in zip(b['inputs'], b['targets'], b['mask_repeat'], periods, gaps):
+    seg, gap, rest = row[1:1 + p], row[1 + p:1 + p + g], row[1 + p + g:]
+    assert len(set(seg.tolist())) == p and not set(gap.tolist()) & set(seg.tolist())
+    assert set(rest.tolist()) <= set(seg.tolist())
+    np.testing.assert_array_equal(rest[p:], rest[:-p])  # periodic after the gap
+    if g:
+      phases.add(int(np.flatnonzero(seg == rest[0])[0]))
+    # the repeats start at the first target whose input is a segment token after the first copy
+    # (after a gap, the target after the gap's filler is unpredictable: not a repeat) ...
+    start = p + g + (g > 0)
+    assert not rep[:start].any() and rep[start:].all()
+    # ... and every later one is the token that followed its input in the first copy
+    for col in range(start + 1, len(row)):
+      first = int(np.flatnonzero(seg == row[col])[0])
+      assert tgt[col] == seg[(first + 1) % p]
+  assert len(phases) > 5  # not always the segment's first token after the gap
+
+
 def test_batches_are_deterministic_in_seed_and_step():
   cfg = dict(name='mqar', seq_len=64, vocab_size=64, num_pairs=8)
   a, b = _batch(**cfg), _batch(**cfg)

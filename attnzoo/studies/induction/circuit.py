@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import attention
-from attnzoo.layers import rope
 
 INPUTS = ('q', 'k', 'v')
 MODES = ('mean', 'zero')
@@ -37,15 +36,8 @@ def _attend(attn, xq, xk, xv, causal: bool):
   H, G, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
   q = attn.q_proj(xq).reshape(B, T, H, D)
   v = attn.v_proj(xv).reshape(B, T, G, D)
-  if attn.use_rope:
-    q = rope(q, jnp.arange(T))
-  if attn.shared_qk:
-    k = attn.q_proj(xk).reshape(B, T, H, D)
-    k = rope(k, jnp.arange(T)) if attn.use_rope else k
-  else:
-    k = attn.k_proj(xk).reshape(B, T, G, D)
-    if attn.use_rope:
-      k = rope(k, jnp.arange(T))
+  k = (attn.q_proj if attn.shared_qk else attn.k_proj)(xk).reshape(B, T, -1, D)
+  q, k = attn.place(q, k, jnp.arange(T))
   if attn.smear is not None:
     a = jax.nn.sigmoid(attn.smear[...])[None, None, :, None]  # [1, 1, K/V heads, 1]
     prev = jnp.pad(k, [(0, 0), (1, 0), (0, 0), (0, 0)])[:, :-1]

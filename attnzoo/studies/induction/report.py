@@ -27,6 +27,19 @@ def _jump(row):
       row['phase']['total_drop'] >= 1.0) else '—'
 
 
+def _positions(model) -> str:
+  """How a run's model knows positions, in words."""
+  p = f'{model.get("positions")} positions'
+  if model.get('positions') == 'rope':
+    f = model.get('rope_fraction', 1.0)
+    p = 'rotary positions' + (f' (the highest {f:g} of the frequencies)' if f < 1 else '')
+    if model.get('nope_layers'):
+      p += f' except in layers {", ".join(str(i + 1) for i in model["nope_layers"])}'
+  if model.get('scalable_softmax'):
+    p += ', Scalable-Softmax query scaling (log_64 n)'
+  return p
+
+
 def load_rows(workdir: str):
   """(rows sorted as asked for, loaded runs by name, failed run names)."""
   loaded = common.load_runs(workdir)
@@ -54,8 +67,13 @@ def report(workdir: str) -> str:
            'Attention-only decoders (Elhage et al. 2021; Olsson et al. 2022) on the `induction` '
            'task: `[BOS]` + a segment of distinct random tokens (period '
            f'{task.get("min_period")}–{task.get("max_period")}, varying) repeated to '
-           f'T={task.get("seq_len")}, V={task.get("vocab_size")}; d={model.get("d_model")}, '
-           f'{model.get("num_heads")} heads, {model.get("positions")} positions, '
+           f'T={task.get("seq_len")}, V={task.get("vocab_size")}'
+           + (f', after a random prefix of 0–{task["max_prefix"]} tokens' if task.get('max_prefix')
+              else '')
+           + (f', with a gap of 0–{task["max_gap"]} random tokens after the first copy (the '
+              'repeats resume at a random phase)' if task.get('max_gap') else '')
+           + f'; d={model.get("d_model")}, {model.get("num_heads")} heads, '
+           f'{_positions(model)}, '
            f'{t.get("num_steps")} steps of batch {t.get("batch_size")}, AdamW (weight decay '
            f'{t.get("weight_decay")}) lr {t.get("learning_rate")} with {t.get("warmup_steps")} '
            f'warmup steps and cosine decay to {t.get("final_lr_fraction", 0.1)}×, gradient clip '
