@@ -59,7 +59,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.causal = True
   c.model.smear_keys = False
   c.model.nope_layers = ()  # with positions='rope': 0-based layers that skip it
-  c.model.rope_base = 10000.0  # with positions='rope': wavelengths 2 pi base^(2i/D)
   c.model.rope_fraction = 1.0  # with positions='rope': the fraction of frequencies kept
   c.model.scalable_softmax = False  # queries scaled by log(keys seen): needs causal
   c.model.attention = ml_collections.ConfigDict({'name': 'causal'})
@@ -119,7 +118,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   _number(config, 'train.weight_decay', kind=float, low=0)
   _number(config, 'train.final_lr_fraction', kind=float, low=0, high=1)
   _number(config, 'model.rope_fraction', kind=float, low=0, high=1, low_open=True)
-  _number(config, 'model.rope_base', kind=float, low=1, low_open=True)
   t, m = config.train, config.model
   attention.base.check(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
                        f'must be divisible by the {num_devices} data-parallel devices')

@@ -65,8 +65,7 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                attention_name: str = 'dense', options: dict | None = None, use_rope: bool = False,
-               rope_base: float = 10000.0, rope_fraction: float = 1.0,
-               scalable_softmax: bool = False,
+               rope_fraction: float = 1.0, scalable_softmax: bool = False,
                smear_keys: bool = False, core: attention.Attention | None = None, rngs: nnx.Rngs):
     entry = attention.get(attention_name)
     attention.base.check(d_model % num_heads == 0, 'model.d_model', d_model,
@@ -78,7 +77,7 @@ class MultiHeadAttention(nnx.Module):
     self.num_heads, self.head_dim = num_heads, d_model // num_heads
     self.num_kv_heads = entry.kv_heads(num_heads, num_kv_heads)
     self.shared_qk = entry.capabilities.shared_qk
-    self.use_rope, self.rope_base, self.rope_fraction = use_rope, rope_base, rope_fraction
+    self.use_rope, self.rope_fraction = use_rope, rope_fraction
     self.scalable_softmax = scalable_softmax
     H, G, D = num_heads, self.num_kv_heads, self.head_dim
     if use_rope:
@@ -98,7 +97,7 @@ class MultiHeadAttention(nnx.Module):
     query sees, if it uses Scalable-Softmax (Nakanishi 2025: attention that stays as peaked at
     a longer length as at the training length; 1 at n = 64)."""
     if self.use_rope:
-      q, k = (rope(x, positions, self.rope_base, self.rope_fraction) for x in (q, k))
+      q, k = (rope(x, positions, fraction=self.rope_fraction) for x in (q, k))
     if self.scalable_softmax:
       n = positions.astype(jnp.float32) + 1
       q = q * (jnp.log(n) / jnp.log(64.0))[None, :, None, None]

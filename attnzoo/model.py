@@ -38,7 +38,7 @@ class Block(nnx.Module):
     self.attn = MultiHeadAttention(
         d, cfg.num_heads, num_kv_heads=cfg.num_kv_heads, attention_name=cfg.attention.name,
         options=dict(cfg.attention.get(cfg.attention.name, {})), use_rope=use_rope,
-        rope_base=cfg.get('rope_base', 10000.0), rope_fraction=cfg.get('rope_fraction', 1.0),
+        rope_fraction=cfg.get('rope_fraction', 1.0),
         scalable_softmax=cfg.get('scalable_softmax', False),
         smear_keys=cfg.get('smear_keys', False), core=core, rngs=rngs)
     cross = cfg.get('cross_attention', False)

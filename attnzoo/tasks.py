@@ -38,8 +38,10 @@ def induction(rng, *, batch_size, seq_len, vocab_size, min_period=8, max_period=
   sequence (with a fixed period a 1-layer model solves the task through positions alone).
   max_prefix > 0: the repeats start after a run of 0 to max_prefix random tokens from outside
   the segment, so the first copy does not always start the context. max_gap > 0: 0 to max_gap
-  such tokens follow the first copy, so the second copy finds the first one at a distance of
-  period + gap, not always at the period. Prefix and gap together leave room for two copies.
+  such tokens follow the first copy and the repeats resume at a random phase, so the earliest
+  repeat finds its only earlier copy at any distance up to T - 1, not always at the period, and
+  no fixed position predicts the token after the gap. Prefix and gap together leave room for
+  two copies.
 
   mask_first: predicting the prefix, the first period, the gap and the token after it
   (unpredictable); mask_repeat: the repeated part.
