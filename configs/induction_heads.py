@@ -3,7 +3,7 @@
 
 Command:  python experiments/induction_heads.py --workdir=runs/induction_heads
           (every causal variant: add --variants=all; rebuild figures: add --report_only)
-Runtime:  154 s wall on a quiet 2-core CPU (runs 103 s + 39 s): 2 runs of 1500 steps with
+Runtime:  156 s wall on a quiet 2-core CPU (runs 108 s + 35 s): 2 runs of 1500 steps with
           compiles, evals, checkpoints, ablations and generalisation probes.
 Expected: 2 layers (seed 0): loss on predictable tokens 0.050 nats in distribution (T=64,
           periods 8-24), 0.025 at 2x the length (T=128), 0.064 at T=128 with periods 30-60

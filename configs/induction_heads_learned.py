@@ -6,7 +6,7 @@ configs/induction_heads.py, the default, for the setup that generalises).
 Command:  python experiments/induction_heads.py --config=configs/induction_heads_learned.py \
               --workdir=runs/induction_heads_learned
           (every causal variant: add --variants=all)
-Runtime:  53 s wall on a quiet 2-core CPU (runs 31 s + 13 s): 2 runs of 400 steps.
+Runtime:  65 s wall on a 2-core CPU (runs 39 s + 15 s): 2 runs of 400 steps.
 Expected: 2 layers: repeat loss 0.064 nats after a 2.92-nat drop in steps 120-200 (0.006 on
           the predictable tokens), a layer-2 induction head (stripe 0.79 at the held-out length
           28, induction 0.96) fed by blurred layer-1 previous-token heads (best score 0.20),
