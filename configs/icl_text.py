@@ -3,8 +3,8 @@
 every Python), with the ICL score and prefix-matching heads at every eval.
 
 Command:  python experiments/icl_text.py --workdir=runs/icl_text
-Runtime:  2-layer run 636 s, 1-layer control 379 s on a quiet 2-core CPU (4000 steps of 32
-          windows of 128 bytes each: 16.4M training bytes).
+Runtime:  2-layer run 318 s, 1-layer control 178 s on a quiet 2-core CPU, 8.4 min wall (4000
+          steps of 32 windows of 128 bytes each: 16.4M training bytes).
 Expected: at this budget no prefix-matching head forms (best score 0.02 at step 0, at most 0.01
           after step 400, both depths) and the 2-layer ICL score (loss at positions 120-127
           minus at 10-14) ends at -0.12 nats, the same as the 1-layer control's -0.11: no
