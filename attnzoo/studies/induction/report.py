@@ -224,9 +224,7 @@ def seed_lines(rows, workdir) -> list[str]:
   spread = lambda xs: (f'{np.mean(xs):.3f} ± {np.std(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})'
                        if xs else '—')
   # generalisation: loss on predictable tokens of each kind of task sequence, as in that table
-  kinds = list(dict.fromkeys((t['seq_len'], t['periods'][0]) for r in rows
-                             for t in r['generalisation']['task']))
-  names = {(t['seq_len'], t['periods'][0]): f'T={t["seq_len"]}, periods '
+  kinds = {(t['seq_len'], t['periods'][0]): f'T={t["seq_len"]}, periods '
            f'{t["periods"][0]}–{t["periods"][1]}' for r in rows for t in r['generalisation']['task']}
   table = []
   for (variant, layers, width), g in groups.items():
@@ -245,7 +243,7 @@ def seed_lines(rows, workdir) -> list[str]:
       ['variant', 'layers', 'd_model', 'seeds', f'phase-change step (repeat loss < '
        f'{analysis.PHASE_LOSS} nats), per seed', 'final repeat loss: mean ± sd (min–max)',
        'max induction', 'max stripe', 'max prev-token',
-       *(f'loss on predictable tokens, {names[k]}' for k in kinds)], table)
+       *(f'loss on predictable tokens, {name}' for name in kinds.values())], table)
           + ['', '![seeds](seeds.png) — repeat loss of every seed (left) and the phase-change '
              'step against width (right; a cross per seed, never-formed runs at the top).', ''])
 
