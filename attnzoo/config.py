@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.max_period = 24
   c.task.max_prefix = 0  # induction: up to this many random tokens before the repeats
   c.task.max_gap = 0  # induction: up to this many random tokens after the first copy
+  c.task.random_positions = 0  # RoPE: train at sorted random positions in 0..this-1
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 2
@@ -128,6 +129,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   from attnzoo.model import POSITIONS  # noqa: PLC0415
   attention.base.check(m.get('positions', 'learned') in POSITIONS, 'model.positions',
                        m.get('positions'), f'expected one of {POSITIONS}')
+  rp = config.task.get('random_positions', 0)
+  attention.base.check(isinstance(rp, int) and rp >= 0, 'task.random_positions', rp,
+                       'expected an int >= 0')
+  attention.base.check(not rp or m.get('positions') == 'rope', 'task.random_positions', rp,
+                       f'needs model.positions=rope (got {m.get("positions")})')
   nope = tuple(m.get('nope_layers', ()))
   attention.base.check(all(isinstance(i, int) and 0 <= i < m.num_layers for i in nope),
                        'model.nope_layers', nope,

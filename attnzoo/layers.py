@@ -24,7 +24,8 @@ from attnzoo import attention
 
 
 def rope(x, positions, base: float = 10000.0, fraction: float = 1.0):
-  """Rotary position embedding (Su et al. 2021) on x [B, T, N, D] (D even), positions [T].
+  """Rotary position embedding (Su et al. 2021) on x [B, T, N, D] (D even), positions [T] or
+  [B, T].
 
   fraction < 1 keeps only that fraction of the D/2 frequencies, the highest (p-RoPE, Barbero et
   al. 2024): the others rotate by 0, so those dimensions carry content alone. A low frequency
@@ -33,8 +34,9 @@ def rope(x, positions, base: float = 10000.0, fraction: float = 1.0):
   D = x.shape[-1]
   freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2], highest first
   freqs = jnp.where(jnp.arange(D // 2) < round(fraction * (D // 2)), freqs, 0.0)
-  angles = positions[:, None].astype(jnp.float32) * freqs[None, :]  # [T, D/2]
-  sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]  # [1, T, 1, D/2]
+  positions = jnp.broadcast_to(positions, x.shape[:2]).astype(jnp.float32)  # [B, T]
+  angles = positions[:, :, None, None] * freqs[None, None, None, :]  # [B, T, 1, D/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
@@ -91,27 +93,31 @@ class MultiHeadAttention(nnx.Module):
     self.core = core if core is not None else attention.make_attention(
         attention_name, rngs=rngs, **(options or {}))
 
-  def place(self, q, k, positions):
-    """Self-attention's q [B, T, H, D] and k [B, T, G, D] at positions [T]: rotated if this
-    layer uses RoPE, and q scaled by log_64(n), n = position + 1 the number of keys a causal
-    query sees, if it uses Scalable-Softmax (Nakanishi 2025: attention that stays as peaked at
-    a longer length as at the training length; 1 at n = 64)."""
+  def place(self, q, k, index, positions=None):
+    """Self-attention's q [B, T, H, D] and k [B, T, G, D], the tokens at indices `index` [T] of
+    their sequence: rotated by `positions` ([T] or [B, T]; default `index`) if this layer uses
+    RoPE, and q scaled by log_64(n), n = index + 1 the number of keys a causal query sees, if
+    it uses Scalable-Softmax (Nakanishi 2025: attention that stays as peaked at a longer length
+    as at the training length; 1 at n = 64)."""
     if self.use_rope:
-      q, k = (rope(x, positions, fraction=self.rope_fraction) for x in (q, k))
+      q, k = (rope(x, index if positions is None else positions, fraction=self.rope_fraction)
+              for x in (q, k))
     if self.scalable_softmax:
-      n = positions.astype(jnp.float32) + 1
+      n = index.astype(jnp.float32) + 1
       q = q * (jnp.log(n) / jnp.log(64.0))[None, :, None, None]
     return q, k
 
-  def project(self, x, context=None):
+  def project(self, x, context=None, positions=None):
     """x [B, T, d] (context [B, S, d] for cross-attention) -> q [B, T, H, D], k, v [B, S, G, D]
-    after RoPE, query scaling and key smearing: exactly what the core sees."""
-    q, _, k, v = self._project(x, context, jnp.arange(x.shape[1]), None)
+    after RoPE (at `positions`, default 0 ... T - 1), query scaling and key smearing: exactly
+    what the core sees."""
+    q, _, k, v = self._project(x, context, jnp.arange(x.shape[1]), None, positions)
     return q, k, v
 
-  def _project(self, x, context, positions, prev_k):
-    """q, the raw (unsmeared) keys, the keys the core sees, and v; x at `positions` [T] (self-
-    attention), prev_k [B, G, D] the raw key before x's first position (None: zeros)."""
+  def _project(self, x, context, index, prev_k, positions=None):
+    """q, the raw (unsmeared) keys, the keys the core sees, and v; x the tokens at `index` [T]
+    (self-attention; see `place`), prev_k [B, G, D] the raw key before x's first token (None:
+    zeros)."""
     B, T, _ = x.shape
     src = x if context is None else context
     S = src.shape[1]
@@ -125,7 +131,7 @@ class MultiHeadAttention(nnx.Module):
     else:
       raw = self.k_proj(src).reshape(B, S, G, D)
     if context is None:
-      q, raw = self.place(q, raw, positions)
+      q, raw = self.place(q, raw, index, positions)
     k = raw
     if self.smear is not None:
       a = jax.nn.sigmoid(self.smear[...])[None, None, :, None]  # [1, 1, K/V heads, 1]
@@ -153,8 +159,9 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x, context=None, *, causal: bool | None = None, key_mask=None,
                return_attention: bool = False, head_mask=None, rng=None,
-               cache: KVCache | None = None):
-    """x [B, T, d]; context [B, S, d] for cross-attention (else self); head_mask [H] scales
+               cache: KVCache | None = None, positions=None):
+    """x [B, T, d]; context [B, S, d] for cross-attention (else self); positions [T] or [B, T]
+    the RoPE positions of self-attention (default 0 ... T - 1); head_mask [H] scales
     each head's output (0 ablates it); rng a PRNG key for random variants (see
     `attention.Attention`). Returns y [B, T, d] and, if asked, A [B, H, T, S].
 
@@ -162,7 +169,7 @@ class MultiHeadAttention(nnx.Module):
     to the cached ones; returns (y, updated cache)."""
     if cache is not None:
       return self._extend(x, cache, head_mask)
-    q, k, v = self.project(x, context)
+    q, k, v = self.project(x, context, positions)
     out = self.core(q, k, v, causal=causal, key_mask=key_mask, rng=rng)  # [B, T, H, D]
     y = self._output(out, head_mask)
     if not return_attention:

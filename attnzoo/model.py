@@ -50,14 +50,15 @@ class Block(nnx.Module):
                                nnx.Linear(4 * d, d, rngs=rngs)) if cfg.mlp else None)
 
   def __call__(self, x, *, causal, key_mask=None, memory=None, memory_mask=None,
-               return_attention=False, head_mask=None, rng=None, cache=None):
+               return_attention=False, head_mask=None, rng=None, cache=None, positions=None):
     """x [B, T, d] -> (x, A [B, H, T, T] or None, the updated cache or None)."""
     A = None
     if cache is not None:
       h, cache = self.attn(self.norm1(x), head_mask=head_mask, cache=cache)
     else:
       h = self.attn(self.norm1(x), causal=causal, key_mask=key_mask,
-                    return_attention=return_attention, head_mask=head_mask, rng=rng)
+                    return_attention=return_attention, head_mask=head_mask, rng=rng,
+                    positions=positions)
       h, A = h if return_attention else (h, None)
     x = x + h
     if self.cross is not None:
@@ -134,9 +135,12 @@ class Decoder(nnx.Module):
     return tuple(b.attn.init_cache(batch_size, max_len, dtype) for b in self.blocks)
 
   def __call__(self, tokens, *, key_mask=None, source=None, source_mask=None,
-               return_attention: bool = False, head_mask=None, rng=None, cache=None):
+               return_attention: bool = False, head_mask=None, rng=None, cache=None,
+               positions=None):
     """tokens [B, T] int -> logits [B, T, V] (and [A_layer [B, H, T, T]] if return_attention).
 
+    positions [T] or [B, T] (RoPE models only): the positions the tokens sit at (default 0 ...
+    T - 1), e.g. a sorted random subset of a longer range (`task.random_positions`).
     source [B, S] tokens to cross-attend to (encoder-decoder tasks); head_mask [L, H] scales
     each head's output (0 ablates it); rng a PRNG key for random variants (layer i uses
     fold_in(rng, i); without it they use their own RNG stream, see `attention.Attention`).
@@ -153,6 +157,8 @@ class Decoder(nnx.Module):
                                   head_mask=None if head_mask is None else head_mask[len(new)])
         new.append(layer_cache)
       return self.head(self.norm(x)), tuple(new)
+    attention.base.check(positions is None or self.positions == 'rope', 'positions', 'given',
+                         f'only RoPE models take positions (model.positions={self.positions})')
     x = self.embed_tokens(tokens)
     memory = None
     if source is not None:
@@ -165,7 +171,8 @@ class Decoder(nnx.Module):
       x, A, _ = block(x, causal=self.causal, key_mask=key_mask, memory=memory,
                       memory_mask=source_mask, return_attention=return_attention,
                       head_mask=None if head_mask is None else head_mask[i],
-                      rng=None if rng is None else jax.random.fold_in(rng, i))
+                      rng=None if rng is None else jax.random.fold_in(rng, i),
+                      positions=positions)
       attns.append(A)
     logits = self.head(self.norm(x))
     return (logits, attns) if return_attention else logits

@@ -184,12 +184,26 @@ def masked_token(batch, rng, *, mask_id: int, rate: float = 0.15):
 
 def make_batch(task_cfg, *, seed: int, step: int, batch_size: int, split: str = 'train',
                causal: bool = True, vocab_size: int):
-  """The batch for (seed, step, split) of task `task_cfg.name`."""
+  """The batch for (seed, step, split) of task `task_cfg.name`.
+
+  task.random_positions = P > 0 (training split only): `positions` [B, T], each sequence's
+  tokens at a sorted random subset of 0 ... S - 1 instead of 0 ... T - 1, S uniform in T ... P
+  (randomized positional encodings, Ruoss et al. 2023, with a random spread: some sequences
+  stay nearly contiguous), so a RoPE model trains on distances up to P - 1 without training on
+  sequences that long."""
   name = task_cfg.name
   _check(name in TASKS, 'task.name', name, f'known tasks: {", ".join(sorted(TASKS))}')
   rng = _rng(seed, step, split)
-  kwargs = {k: v for k, v in task_cfg.items() if k not in ('name', 'vocab_size')}
+  kwargs = {k: v for k, v in task_cfg.items()
+            if k not in ('name', 'vocab_size', 'random_positions')}
   batch = TASKS[name](rng, batch_size=batch_size, vocab_size=vocab_size, split=split, **kwargs)
+  P = task_cfg.get('random_positions', 0)
+  if P and split == 'train':
+    B, T = batch['inputs'].shape
+    _check(P >= T, 'task.random_positions', P, f'must be 0 or >= the length {T}')
+    span = rng.integers(T, P + 1, size=(B, 1))  # each sequence spreads over 0 ... span - 1
+    keys = np.where(np.arange(P) < span, rng.random((B, P)), 2.0)
+    batch['positions'] = np.sort(np.argsort(keys, axis=1)[:, :T], axis=1)
   if not causal:
     batch = masked_token(batch, rng, mask_id=vocab_size)
   return batch

@@ -49,7 +49,7 @@ from attnzoo import cost, jsonl, parallel, tasks
 from attnzoo.checkpoint import Checkpointer
 from attnzoo.model import Decoder
 
-DEVICE_KEYS = ('inputs', 'targets', 'weights', 'source', 'key_mask')
+DEVICE_KEYS = ('inputs', 'targets', 'weights', 'source', 'key_mask', 'positions')
 METRICS, SUMMARY, CONFIG, LOCK = 'metrics.jsonl', 'summary.json', 'config.json', '.lock'
 # Config keys a resumed run may change: they change neither the weights trained so far nor
 # the data (`study.*` holds a study's analysis settings).
@@ -111,7 +111,8 @@ def metrics_of(model, batch):
   """Weighted cross-entropy `loss`, `accuracy` on the weighted tokens, `loss_<m>`/`accuracy_<m>`
   for each metric mask `mask_<m>` in the batch. `model` is any callable with the Decoder's
   signature (e.g. a head-ablated view of one)."""
-  logits = model(batch['inputs'], source=batch.get('source'), key_mask=batch.get('key_mask'))
+  logits = model(batch['inputs'], source=batch.get('source'), key_mask=batch.get('key_mask'),
+                 positions=batch.get('positions'))
   xent = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                          batch['targets'])
   correct = (logits.argmax(-1) == batch['targets']).astype(jnp.float32)

@@ -120,6 +120,22 @@ def test_partial_rope_and_scalable_softmax_decode_like_the_forward():
   np.testing.assert_allclose(jnp.concatenate(steps, 1), model(tokens), atol=2e-5, rtol=2e-5)
 
 
+def test_positions_rotate_each_sequence_and_keep_the_key_count():
+  tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 16)
+  model = tiny_model('causal', positions='rope', rope_fraction=0.5, scalable_softmax=True,
+                     max_len=16)
+  ar, want = jnp.arange(8), model(tokens)
+  # RoPE sees only differences, and Scalable-Softmax counts keys, not positions: shifted
+  # positions change nothing
+  np.testing.assert_allclose(model(tokens, positions=jnp.stack([ar + 5, ar + 100])), want,
+                             atol=5e-5, rtol=5e-5)
+  out = model(tokens, positions=jnp.stack([ar, 3 * ar]))  # spread out: the second row only
+  np.testing.assert_allclose(out[0], want[0], atol=1e-6)
+  assert not np.allclose(out[1], want[1], atol=1e-3)
+  with pytest.raises(ValueError, match='positions'):
+    tiny_model('causal')(tokens, positions=jnp.stack([ar, ar]))
+
+
 @pytest.mark.parametrize('positions', ['rope', 'learned'])
 @pytest.mark.parametrize('name,kv_heads,G', [('causal', 4, 4), ('gqa', 2, 2), ('mqa', 4, 1)])
 def test_cached_greedy_equals_recompute(name, kv_heads, G, positions):

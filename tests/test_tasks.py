@@ -74,6 +74,23 @@ def test_batches_are_deterministic_in_seed_and_step():
   assert not np.array_equal(a['inputs'], c['inputs'])
 
 
+def test_random_positions_are_sorted_distinct_subsets_for_training_only():
+  cfg = dict(name='induction', seq_len=64, vocab_size=64, random_positions=256)
+  b = _batch(**cfg)
+  pos = b['positions']
+  assert pos.shape == b['inputs'].shape
+  assert (np.diff(pos, axis=1) > 0).all() and pos.min() >= 0 and pos.max() < 256
+  assert len({tuple(r) for r in pos}) == len(pos)  # each sequence its own subset
+  plain = _batch(**{**cfg, 'random_positions': 0})
+  assert 'positions' not in plain
+  np.testing.assert_array_equal(b['inputs'], plain['inputs'])  # drawn after the tokens
+  evals = tasks.make_batch(ml_collections.ConfigDict(cfg), seed=1, step=3, batch_size=8,
+                           split='eval', vocab_size=64)
+  assert 'positions' not in evals
+  with pytest.raises(ValueError, match='task.random_positions'):
+    _batch(**{**cfg, 'random_positions': 32})
+
+
 def test_mqar_answers_are_the_values_paired_with_the_queried_keys():
   b = _batch(name='mqar', seq_len=64, vocab_size=64, num_pairs=8)
   for inp, tgt, w in zip(b['inputs'], b['targets'], b['weights']):

@@ -39,6 +39,17 @@ def test_training_reduces_the_loss(tmp_path):
   assert final['loss_repeat'] < first['loss_repeat'] - 0.5
 
 
+def test_random_positions_reach_training_but_not_evaluation(tmp_path):
+  runs = {}
+  for P in (0, 128):
+    config = tiny(**{'model.positions': 'rope', 'task.random_positions': P})
+    runs[P] = train.train_and_evaluate(config, str(tmp_path / str(P)))
+  first = {P: (rows(tmp_path / str(P), 'train')[0], rows(tmp_path / str(P))[0]) for P in runs}
+  assert first[0][0]['loss'] != first[128][0]['loss']  # the first step trained elsewhere
+  assert first[0][1]['loss'] == first[128][1]['loss']  # ... from the same initial model
+  assert np.isfinite(runs[128]['loss'])
+
+
 @pytest.mark.parametrize('name', [n for n in ('causal', 'performer')
                                   if n in attnzoo.variant_names()])
 def test_stopping_halfway_and_rerunning_matches_an_uninterrupted_run(name, tmp_path):

@@ -64,6 +64,8 @@ def report(workdir: str) -> str:
                     if 2 in d and 1 in d}
   cfg = next(iter(runs.values()))['config'] if runs else {}
   task, model, t = cfg.get('task', {}), cfg.get('model', {}), cfg.get('train', {})
+  depths = cfg.get('study', {}).get('depths', (2, 1))
+  widths = sorted({row['d_model'] for row in rows}) or [model.get('d_model')]
   lines = ['# Induction heads: emergence across attention variants', '',
            'Attention-only decoders (Elhage et al. 2021; Olsson et al. 2022) on the `induction` '
            'task: `[BOS]` + a segment of distinct random tokens (period '
@@ -73,14 +75,19 @@ def report(workdir: str) -> str:
               else '')
            + (f', with a gap of 0–{task["max_gap"]} random tokens after the first copy (the '
               'repeats resume at a random phase)' if task.get('max_gap') else '')
-           + f'; d={model.get("d_model")}, {model.get("num_heads")} heads, '
+           + (f'; trained at sorted random positions spread over up to '
+              f'0–{task["random_positions"] - 1} (evaluated at 0…T−1)'
+              if task.get('random_positions') else '')
+           + f'; d={", ".join(map(str, widths))}, {model.get("num_heads")} heads, '
            f'{_positions(model)}, '
            f'{t.get("num_steps")} steps of batch {t.get("batch_size")}, AdamW (weight decay '
            f'{t.get("weight_decay")}) lr {t.get("learning_rate")} with {t.get("warmup_steps")} '
            f'warmup steps and cosine decay to {t.get("final_lr_fraction", 0.1)}×, gradient clip '
            f'{t.get("grad_clip")}; eval every {t.get("eval_every")} steps on '
-           f'{t.get("eval_batches")} batches. Each variant trains a 2-layer model and a 1-layer '
-           'control with the same budget.', '', '## Results', '']
+           f'{t.get("eval_batches")} batches. '
+           + ('Each variant trains a 2-layer model and a 1-layer control with the same budget.'
+              if 1 in depths else f'Layers: {", ".join(map(str, depths))} (no 1-layer control).'),
+           '', '## Results', '']
   lines += common.table(
       ['run', 'variant', 'layers', 'repeat loss', 'ICL score', 'max induction', 'max stripe (near)',
        'max prev-token', 'phase change (steps, induction score)', 'jump', 'wall s', 'verdict'],
