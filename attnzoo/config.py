@@ -130,8 +130,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1):
   attention.base.check(m.get('positions', 'learned') in POSITIONS, 'model.positions',
                        m.get('positions'), f'expected one of {POSITIONS}')
   rp = config.task.get('random_positions', 0)
-  attention.base.check(isinstance(rp, int) and rp >= 0, 'task.random_positions', rp,
-                       'expected an int >= 0')
+  attention.base.check(isinstance(rp, int) and (rp == 0 or rp >= config.task.seq_len),
+                       'task.random_positions', rp,
+                       f'expected 0 or an int >= task.seq_len={config.task.seq_len}')
   attention.base.check(not rp or m.get('positions') == 'rope', 'task.random_positions', rp,
                        f'needs model.positions=rope (got {m.get("positions")})')
   nope = tuple(m.get('nope_layers', ()))

@@ -327,6 +327,13 @@ def test_bad_values_are_refused_up_front_naming_the_field(tmp_path, key, value):
   assert not os.path.exists(tmp_path / 'run')  # nothing written
 
 
+def test_random_positions_shorter_than_the_sequence_are_refused_up_front(tmp_path):
+  config = tiny(**{'model.positions': 'rope', 'task.random_positions': 16})  # seq_len 32
+  with pytest.raises(ValueError, match='task.random_positions=16.*task.seq_len=32'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')  # nothing written
+
+
 def _cli(*flags):
   return subprocess.run([sys.executable, 'experiments/train.py', '--config=configs/tiny.py',
                          *flags], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
