@@ -34,8 +34,8 @@ def rope(x, positions, base: float = 10000.0, fraction: float = 1.0):
   D = x.shape[-1]
   freqs = base ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)  # [D/2], highest first
   freqs = jnp.where(jnp.arange(D // 2) < round(fraction * (D // 2)), freqs, 0.0)
-  positions = jnp.broadcast_to(positions, x.shape[:2]).astype(jnp.float32)  # [B, T]
-  angles = positions[:, :, None, None] * freqs[None, None, None, :]  # [B, T, 1, D/2]
+  positions = jnp.atleast_2d(positions).astype(jnp.float32)  # [1 or B, T]
+  angles = positions[:, :, None, None] * freqs[None, None, None, :]  # [1 or B, T, 1, D/2]
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)

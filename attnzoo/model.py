@@ -148,6 +148,9 @@ class Decoder(nnx.Module):
     cache (from `init_cache`): tokens are positions cache[0].length ... + T - 1, attending to
     the cached ones; returns (logits, updated cache). A cache holding S_max positions takes
     at most S_max tokens in all (later writes would be clipped)."""
+    attention.base.check(positions is None or (self.positions == 'rope' and cache is None),
+                         'positions', 'given', 'only RoPE models take positions, and not with a '
+                         f'cache (model.positions={self.positions})')
     if cache is not None:
       self.check_decodable()
       x = self.embed_tokens(tokens, cache[0].length)
@@ -157,8 +160,6 @@ class Decoder(nnx.Module):
                                   head_mask=None if head_mask is None else head_mask[len(new)])
         new.append(layer_cache)
       return self.head(self.norm(x)), tuple(new)
-    attention.base.check(positions is None or self.positions == 'rope', 'positions', 'given',
-                         f'only RoPE models take positions (model.positions={self.positions})')
     x = self.embed_tokens(tokens)
     memory = None
     if source is not None:

@@ -3,7 +3,7 @@
 
 Command:  python experiments/induction_heads.py --workdir=runs/induction_heads
           (every causal variant: add --variants=all; rebuild figures: add --report_only)
-Runtime:  152 s wall on a quiet 2-core CPU (runs 101 s + 38 s): 2 runs of 1500 steps with
+Runtime:  117 s wall on a quiet 2-core CPU (runs 76 s + 31 s): 2 runs of 1500 steps with
           compiles, evals, checkpoints, ablations and generalisation probes.
 Expected: 2 layers (seed 0): loss on predictable tokens 0.005 nats in distribution (T=64,
           periods 8-24), 0.009 at 2x the length (T=128), 0.038 at T=128 with periods 30-60

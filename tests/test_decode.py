@@ -134,6 +134,8 @@ def test_positions_rotate_each_sequence_and_keep_the_key_count():
   assert not np.allclose(out[1], want[1], atol=1e-3)
   with pytest.raises(ValueError, match='positions'):
     tiny_model('causal')(tokens, positions=jnp.stack([ar, ar]))
+  with pytest.raises(ValueError, match='positions'):  # a cache fixes its own positions
+    model(tokens, positions=ar, cache=model.init_cache(batch_size=2, max_len=16))
 
 
 @pytest.mark.parametrize('positions', ['rope', 'learned'])
